@@ -1,0 +1,36 @@
+# tumormap: tumor-ratio maps from H&E whole-slide images, learned from consecutive IHC slides.
+# Run: snakemake --profile profiles/local all   (README.md)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/tiling.smk"
+include: "rules/tissue.smk"
+include: "rules/ssim.smk"
+include: "rules/ground_truth.smk"
+include: "rules/stain.smk"
+include: "rules/split.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/maps.smk"
+
+
+report: "report/workflow.rst"
+
+
+rule all:
+    input:
+        maps=expand(
+            "results/maps/{model}/{sample}.png", model=MODELS, sample=SAMPLES_ALL
+        ),
+        metrics=expand("results/evaluate/{model}/metrics.json", model=MODELS),
+        comparison="results/evaluate/comparison.json",
+        qc=expand("results/ground_truth/{sample}.qc.png", sample=SAMPLES_PAIRED),
+    default_target: True

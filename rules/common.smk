@@ -1,0 +1,43 @@
+# Reads and checks the config and the sample sheet before any rule exists; every
+# other rule file trusts SAMPLES, config and the helpers below.
+
+import pandas as pd
+from snakemake.utils import validate
+
+from tumormap.samples import he_only_samples, optional_float, paired_samples, read_sample_sheet
+
+
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+samples = read_sample_sheet(config["samples"])
+validate(samples.astype(object).where(samples.notna(), None), "../schemas/samples.schema.yaml")
+
+SAMPLES_ALL = list(samples.index)
+SAMPLES_PAIRED = paired_samples(samples)
+SAMPLES_HE_ONLY = he_only_samples(samples)
+MODELS = list(config["train"]["models"])
+
+
+wildcard_constraints:
+    sample="|".join(SAMPLES_ALL) or "NO_SAMPLES",
+    model="|".join(MODELS),
+
+
+def slide_path(stain):
+    """Input function: the local path of a sample's `he` or `ihc` slide."""
+
+    def get(wildcards):
+        path = samples.at[wildcards.sample, stain]
+        return [path] if isinstance(path, str) and path else []
+
+    return get
+
+
+def sample_value(column, default=None):
+    """Params function: one sample-sheet cell (None where blank)."""
+
+    def get(wildcards):
+        value = samples.at[wildcards.sample, column]
+        return default if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+    return get

@@ -1,0 +1,61 @@
+rule predict:
+    input:
+        model="results/models/{model}/model.pt",
+        card="results/models/{model}/card.json",
+        tiles=rules.tissue.output.table,
+        stain=rules.stain.output.stain,
+        he=slide_path("he"),
+    output:
+        table="results/predictions/{model}/{sample}.parquet",
+    params:
+        cfg=lookup(dpath="maps", within=config),
+    resources:
+        gpu=1,
+    log:
+        "logs/predict/{model}/{sample}.log",
+    benchmark:
+        "benchmarks/predict/{model}/{sample}.tsv"
+    message:
+        "Predicting tumor ratio with {wildcards.model} on {wildcards.sample}"
+    script:
+        "../workflow_scripts/predict.py"
+
+
+rule evaluate:
+    input:
+        predictions=expand("results/predictions/{{model}}/{sample}.parquet", sample=SAMPLES_PAIRED),
+        ground_truth=expand(rules.ground_truth.output.table, sample=SAMPLES_PAIRED),
+        split=rules.split.output.table,
+    output:
+        metrics="results/evaluate/{model}/metrics.json",
+        plot=report(
+            "results/evaluate/{model}/evaluation.png",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+            subcategory="{model}",
+        ),
+    log:
+        "logs/evaluate/{model}.log",
+    message:
+        "Evaluating {wildcards.model} on the test split"
+    script:
+        "../workflow_scripts/evaluate.py"
+
+
+rule compare_models:
+    input:
+        metrics=expand(rules.evaluate.output.metrics, model=MODELS),
+    output:
+        table=report(
+            "results/evaluate/comparison.json",
+            caption="../report/comparison.rst",
+            category="Evaluation",
+        ),
+    params:
+        models=MODELS,
+    log:
+        "logs/compare_models.log",
+    message:
+        "Comparing models on the test split"
+    script:
+        "../workflow_scripts/compare_models.py"

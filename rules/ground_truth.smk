@@ -1,0 +1,62 @@
+# StarDist ground truth on the IHC: nuclei in the hematoxylin and DAB channels, tumor ratio per tile.
+
+
+def nuclei_model_input(wildcards):
+    """The model the ground truth uses: trained here (source: train) or a local folder."""
+    source = config["ground_truth"]["nuclei_model"]["source"]
+    if source == "train":
+        return rules.train_nuclei_model.output.model
+    return [source] if os.path.exists(source) else []
+
+
+def nuclei_training_input(wildcards):
+    if config["ground_truth"]["nuclei_model"].get("train_data", "synthetic") == "synthetic":
+        return rules.demo_nuclei.output.npz
+    return []
+
+
+rule train_nuclei_model:
+    input:
+        npz=nuclei_training_input,
+    output:
+        model=directory("results/nuclei_model/model"),
+        metrics="results/nuclei_model/metrics.json",
+    params:
+        cfg=lookup(dpath="ground_truth/nuclei_model", within=config),
+    resources:
+        gpu=1,
+    log:
+        "logs/train_nuclei_model.log",
+    benchmark:
+        "benchmarks/train_nuclei_model.tsv"
+    message:
+        "Training the StarDist nuclei model"
+    script:
+        "../workflow_scripts/train_nuclei_model.py"
+
+
+rule ground_truth:
+    input:
+        tiles=rules.ssim.output.table,
+        ihc=slide_path("ihc"),
+        model=nuclei_model_input,
+    output:
+        table="results/ground_truth/{sample}.parquet",
+        qc=report(
+            "results/ground_truth/{sample}.qc.png",
+            caption="../report/ground_truth_qc.rst",
+            category="Ground truth",
+            subcategory="{sample}",
+        ),
+    params:
+        cfg=lookup(dpath="ground_truth", within=config),
+    resources:
+        gpu=1,
+    log:
+        "logs/ground_truth/{sample}.log",
+    benchmark:
+        "benchmarks/ground_truth/{sample}.tsv"
+    message:
+        "StarDist ground truth for {wildcards.sample}"
+    script:
+        "../workflow_scripts/ground_truth.py"

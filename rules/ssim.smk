@@ -1,0 +1,19 @@
+rule ssim:
+    input:
+        tiles=rules.tissue.output.table,
+        he=slide_path("he"),
+        ihc=slide_path("ihc"),
+    output:
+        table="results/ssim/{sample}.parquet",
+    params:
+        cfg=lookup(dpath="ssim", within=config),
+    log:
+        "logs/ssim/{sample}.log",
+    benchmark:
+        "benchmarks/ssim/{sample}.tsv"
+    group:
+        "per_sample"
+    message:
+        "SSIM pair filtering for {wildcards.sample}"
+    script:
+        "../workflow_scripts/ssim.py"

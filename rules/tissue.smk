@@ -1,0 +1,19 @@
+rule tissue:
+    input:
+        tiles=rules.tile.output.table,
+        he=slide_path("he"),
+        ihc=slide_path("ihc"),
+    output:
+        table="results/tissue/{sample}.parquet",
+    params:
+        cfg=lookup(dpath="tissue", within=config),
+    log:
+        "logs/tissue/{sample}.log",
+    benchmark:
+        "benchmarks/tissue/{sample}.tsv"
+    group:
+        "per_sample"
+    message:
+        "White-patch removal for {wildcards.sample}"
+    script:
+        "../workflow_scripts/tissue.py"

@@ -1,0 +1,35 @@
+# One GPU job per model kind; each writes a self-describing model folder
+# results/models/<kind>/{model.pt, card.json}.
+
+
+rule train_regressor:
+    input:
+        dataset=rules.dataset.output.table,
+        stains=expand(rules.stain.output.stain, sample=SAMPLES_PAIRED),
+        slides=[samples.at[s, "he"] for s in SAMPLES_PAIRED],
+    output:
+        model="results/models/regressor/model.pt",
+        card="results/models/regressor/card.json",
+        history="results/models/regressor/history.csv",
+        curve=report(
+            "results/models/regressor/loss_curve.png",
+            caption="../report/loss_curve.rst",
+            category="Training",
+            subcategory="regressor",
+        ),
+    params:
+        cfg=lookup(dpath="train/regressor", within=config),
+        stain_target=lookup(dpath="stain/target", within=config),
+        tile=lookup(dpath="tile", within=config),
+        samples=SAMPLES_PAIRED,
+        checkpoint_dir="results/checkpoints/regressor",
+    resources:
+        gpu=1,
+    log:
+        "logs/train_regressor.log",
+    benchmark:
+        "benchmarks/train_regressor.tsv"
+    message:
+        "Training the ResNet18 tile regressor"
+    script:
+        "../workflow_scripts/train_regressor.py"

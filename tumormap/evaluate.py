@@ -1,0 +1,82 @@
+"""Metrics of predicted against IHC-derived tumor ratio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .regressor import BINS
+
+TOLERANCES = (0.05, 0.1, 0.2)
+
+
+def bin_index(ratio: np.ndarray) -> np.ndarray:
+    return np.digitize(ratio, BINS[1:-1], right=False)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def regression_metrics(y_true, y_pred) -> dict:
+    """MAE, RMSE, Pearson r, accuracy within |Δ| ≤ 0.05/0.1/0.2, 3-bin accuracy and confusion.
+
+    Rows where either value is NaN are dropped; ``n`` says how many remained.
+    """
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    ok = np.isfinite(y_true) & np.isfinite(y_pred)
+    y_true, y_pred = y_true[ok], y_pred[ok]
+    n = int(len(y_true))
+    if n == 0:
+        return {"n": 0}
+    err = y_pred - y_true
+    confusion = np.zeros((3, 3), dtype=int)
+    for t, p in zip(bin_index(y_true), bin_index(y_pred)):
+        confusion[t, p] += 1
+    metrics = {"n": n, "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+               "pearson_r": pearson(y_true, y_pred), "bin_accuracy": float(np.trace(confusion) / n),
+               "bin_edges": list(BINS), "confusion_matrix": confusion.tolist()}
+    for tol in TOLERANCES:
+        metrics[f"within_{tol:g}"] = float((np.abs(err) <= tol + 1e-12).mean())
+    return metrics
+
+
+def evaluation_table(predictions: list[pd.DataFrame], ground_truth: list[pd.DataFrame], split: pd.DataFrame,
+                     which: str = "test") -> pd.DataFrame:
+    """Predicted and IHC ratios of the ``which``-split tiles that have both."""
+    samples = set(split.loc[split["split"] == which, "sample"])
+    pred = pd.concat([p for p in predictions if len(p)] or [pd.DataFrame(columns=["sample", "tile_id"])])
+    gt = pd.concat([g for g in ground_truth if len(g)] or [pd.DataFrame(columns=["sample", "tile_id"])])
+    pred, gt = pred[pred["sample"].isin(samples)], gt[gt["sample"].isin(samples)]
+    merged = pred.merge(gt[["sample", "tile_id", "tumor_ratio"]], on=["sample", "tile_id"], how="inner")
+    return merged[np.isfinite(merged["tumor_ratio"].astype(float))]
+
+
+def plot_evaluation(table: pd.DataFrame, metrics: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), dpi=110)
+    ax = axes[0]
+    if len(table):
+        ax.scatter(table["tumor_ratio"], table["predicted_ratio"], s=8, alpha=0.6)
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="IHC-derived tumor ratio", ylabel="predicted tumor ratio",
+           title=f"{title}: MAE {metrics.get('mae', float('nan')):.3f}, r {metrics.get('pearson_r', float('nan')):.2f}")
+    ax = axes[1]
+    cm = np.array(metrics.get("confusion_matrix", np.zeros((3, 3))))
+    ax.imshow(cm, cmap="Blues")
+    labels = ["0–0.2", "0.2–0.5", "0.5–1"]
+    ax.set(xticks=range(3), yticks=range(3), xticklabels=labels, yticklabels=labels, xlabel="predicted bin",
+           ylabel="IHC bin", title=f"3-bin accuracy {metrics.get('bin_accuracy', float('nan')):.2f}")
+    for i in range(3):
+        for j in range(3):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center")
+    fig.tight_layout()
+    save_figure(fig, path)
