@@ -17,6 +17,8 @@ rule demo_pair:
         "benchmarks/demo_pair/{pair}.tsv"
     message:
         "Generating synthetic H&E/IHC slide pair {wildcards.pair}"
+    conda:
+        "../envs/slides.yaml"
     script:
         "../workflow_scripts/demo_pair.py"
 
@@ -33,5 +35,7 @@ rule demo_nuclei:
         "benchmarks/demo_nuclei.tsv"
     message:
         "Rendering synthetic IHC patches with nucleus masks for StarDist training"
+    conda:
+        "../envs/slides.yaml"
     script:
         "../workflow_scripts/demo_nuclei.py"

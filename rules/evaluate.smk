@@ -17,6 +17,8 @@ rule predict:
         "benchmarks/predict/{model}/{sample}.tsv"
     message:
         "Predicting tumor ratio with {wildcards.model} on {wildcards.sample}"
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/predict.py"
 
@@ -38,6 +40,8 @@ rule evaluate:
         "logs/evaluate/{model}.log",
     message:
         "Evaluating {wildcards.model} on the test split"
+    conda:
+        "../envs/slides.yaml"
     script:
         "../workflow_scripts/evaluate.py"
 
@@ -57,5 +61,7 @@ rule compare_models:
         "logs/compare_models.log",
     message:
         "Comparing models on the test split"
+    conda:
+        "../envs/slides.yaml"
     script:
         "../workflow_scripts/compare_models.py"

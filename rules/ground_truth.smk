@@ -31,6 +31,8 @@ rule train_nuclei_model:
         "benchmarks/train_nuclei_model.tsv"
     message:
         "Training the StarDist nuclei model"
+    conda:
+        "../envs/stardist.yaml"
     script:
         "../workflow_scripts/train_nuclei_model.py"
 
@@ -58,5 +60,7 @@ rule ground_truth:
         "benchmarks/ground_truth/{sample}.tsv"
     message:
         "StarDist ground truth for {wildcards.sample}"
+    conda:
+        "../envs/stardist.yaml"
     script:
         "../workflow_scripts/ground_truth.py"

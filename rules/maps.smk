@@ -28,5 +28,7 @@ rule tumor_map:
         "benchmarks/tumor_map/{model}/{sample}.tsv"
     message:
         "Rendering the {wildcards.model} tumor map of {wildcards.sample}"
+    conda:
+        "../envs/slides.yaml"
     script:
         "../workflow_scripts/tumor_map.py"

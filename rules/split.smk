@@ -9,6 +9,8 @@ rule split:
         "logs/split.log",
     message:
         "Splitting samples into train/val/test by patient"
+    conda:
+        "../envs/slides.yaml"
     script:
         "../workflow_scripts/split.py"
 
@@ -24,5 +26,7 @@ rule dataset:
         "logs/dataset.log",
     message:
         "Joining ground truth and split into the training table"
+    conda:
+        "../envs/slides.yaml"
     script:
         "../workflow_scripts/dataset.py"

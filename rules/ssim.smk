@@ -15,5 +15,7 @@ rule ssim:
         "per_sample"
     message:
         "SSIM pair filtering for {wildcards.sample}"
+    conda:
+        "../envs/slides.yaml"
     script:
         "../workflow_scripts/ssim.py"

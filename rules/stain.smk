@@ -14,5 +14,7 @@ rule stain:
         "per_sample"
     message:
         "Macenko stain estimate for {wildcards.sample}"
+    conda:
+        "../envs/histomicstk.yaml"
     script:
         "../workflow_scripts/stain.py"

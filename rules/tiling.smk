@@ -18,5 +18,7 @@ rule tile:
         "per_sample"
     message:
         "Tiling {wildcards.sample} at {params.mpp} µm/px, {params.tile_px} px"
+    conda:
+        "../envs/slides.yaml"
     script:
         "../workflow_scripts/tile.py"

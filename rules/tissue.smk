@@ -15,5 +15,7 @@ rule tissue:
         "per_sample"
     message:
         "White-patch removal for {wildcards.sample}"
+    conda:
+        "../envs/slides.yaml"
     script:
         "../workflow_scripts/tissue.py"

@@ -31,5 +31,7 @@ rule train_regressor:
         "benchmarks/train_regressor.tsv"
     message:
         "Training the ResNet18 tile regressor"
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/train_regressor.py"
