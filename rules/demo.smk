@@ -10,6 +10,7 @@ rule demo_pair:
     params:
         size_px=lookup(dpath="demo/size_px", within=config),
         mpp=lookup(dpath="demo/mpp", within=config),
+        region_px=lookup(dpath="demo/region_px", within=config),
         seed=lookup(dpath="demo/seed", within=config),
     log:
         "logs/demo_pair/{pair}.log",

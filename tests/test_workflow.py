@@ -1,0 +1,127 @@
+"""The whole DAG on a tiny embedded demo, through the real Snakemake, StarDist, HistomicsTK and PyTorch."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+N_PAIRS = 3
+
+
+def tiny_config(workdir: Path) -> dict:
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["samples"] = "samples.tsv"
+    cfg["demo"].update(size_px=3072, region_px=1024)
+    cfg["tile"]["tile_px"] = 128
+    cfg["ssim"]["read_px"] = 64
+    cfg["ground_truth"]["nuclei_model"].update(epochs=6, steps_per_epoch=25)
+    cfg["train"]["regressor"].update(epochs=2, input_px=64, batch_size=16, workers=0)
+    cfg["stain"]["n_tiles"] = 8
+    cfg["maps"]["thumbnail_px"] = 256
+    return cfg
+
+
+def write_workdir(workdir: Path, cfg: dict) -> None:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = ["sample\the\tihc\tpatient\toffset_x\toffset_y"]
+    for i in range(1, N_PAIRS + 1):
+        rows.append(f"demo{i}\tresources/demo/demo{i}_he.tiff\tresources/demo/demo{i}_ihc.tiff\tP{i}\t12\t-8")
+    (workdir / "samples.tsv").write_text("\n".join(rows) + "\n")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+           "--resources", "gpu=1", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts from a dry run's 'Job stats' table."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    block = text.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, flags=re.M)
+            if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    cfg = tiny_config(workdir)
+    write_workdir(workdir, cfg)
+    snakemake(workdir, "all")
+    return workdir, cfg
+
+
+@pytest.mark.slow
+def test_every_output_exists_and_is_sane(demo_run):
+    workdir, cfg = demo_run
+    for i in range(1, N_PAIRS + 1):
+        s = f"demo{i}"
+        for path in (f"results/tiles/{s}.parquet", f"results/tissue/{s}.parquet", f"results/ssim/{s}.parquet",
+                     f"results/ground_truth/{s}.parquet", f"results/ground_truth/{s}.qc.png",
+                     f"results/stain/{s}.json", f"results/maps/regressor/{s}.png",
+                     f"results/maps/regressor/{s}.npz", f"results/maps/regressor/{s}.json",
+                     f"logs/tile/{s}.log", f"benchmarks/ground_truth/{s}.tsv"):
+            assert (workdir / path).stat().st_size > 0, path
+    for path in ("results/models/regressor/model.pt", "results/models/regressor/card.json",
+                 "results/models/regressor/loss_curve.png", "results/evaluate/regressor/metrics.json",
+                 "results/evaluate/comparison.json", "results/split.tsv"):
+        assert (workdir / path).stat().st_size > 0, path
+    metrics = json.loads((workdir / "results/evaluate/regressor/metrics.json").read_text())
+    assert metrics["n"] > 0 and 0 <= metrics["mae"] <= 1
+    tissue = pd.read_parquet(workdir / "results/tissue/demo1.parquet")
+    assert 0 < tissue["tissue_keep"].sum() < len(tissue)  # the demo has glass to drop
+    ssim = pd.read_parquet(workdir / "results/ssim/demo1.parquet")
+    assert ssim.loc[ssim["keep"], "ssim"].min() >= cfg["ssim"]["ssim_min"]
+    gt = pd.read_parquet(workdir / "results/ground_truth/demo1.parquet")
+    assert set(gt["tile_id"]) <= set(ssim.loc[ssim["keep"], "tile_id"])  # blank tiles never reach StarDist
+
+
+@pytest.mark.slow
+def test_ground_truth_recovers_the_synthetic_regions(demo_run):
+    """Per region of known tumor ratio: DAB-positive nuclear area / all nuclear area within 0.05."""
+    workdir, _ = demo_run
+    errors = []
+    for i in range(1, N_PAIRS + 1):
+        truth = pd.read_parquet(workdir / f"resources/demo/demo{i}_truth.parquet")
+        tiles = pd.read_parquet(workdir / f"results/ssim/demo{i}.parquet")
+        gt = pd.read_parquet(workdir / f"results/ground_truth/demo{i}.parquet").merge(tiles, on=["sample", "tile_id"])
+        for region in truth[(~truth["torn"]) & (truth["tissue_fraction"] > 0.9)].itertuples():
+            inside = gt[(gt["he_x"] >= region.x0) & (gt["he_x"] + gt["he_extent"] <= region.x1)
+                        & (gt["he_y"] >= region.y0) & (gt["he_y"] + gt["he_extent"] <= region.y1)]
+            if inside["nuclear_area_px"].sum() == 0:
+                continue
+            measured = inside["positive_area_px"].sum() / inside["nuclear_area_px"].sum()
+            errors.append(abs(measured - region.true_ratio))
+    assert len(errors) >= 3
+    assert max(errors) <= 0.05, f"region errors {np.round(errors, 3)}"
+
+
+@pytest.mark.slow
+def test_rerun_does_nothing_and_ssim_min_reruns_only_downstream(demo_run):
+    workdir, cfg = demo_run
+    assert planned_jobs(snakemake(workdir, "-n", "all")) == {}
+    changed = dict(cfg, ssim=dict(cfg["ssim"], ssim_min=cfg["ssim"]["ssim_min"] + 0.05))
+    (workdir / "config.yaml").write_text(yaml.safe_dump(changed))
+    try:
+        jobs = planned_jobs(snakemake(workdir, "-n", "all"))
+    finally:
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert jobs.get("ssim") == N_PAIRS
+    for downstream in ("ground_truth", "dataset", "train_regressor", "evaluate", "tumor_map"):
+        assert jobs.get(downstream, 0) >= 1, (downstream, jobs)
+    for upstream in ("demo_pair", "tile", "tissue", "stain", "train_nuclei_model"):
+        assert upstream not in jobs, (upstream, jobs)
