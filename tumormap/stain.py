@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -62,7 +61,12 @@ def tissue_pixels(rgb: np.ndarray, I_0: float = 255.0,
                   background_threshold: float = DEFAULT_BACKGROUND_OD) -> np.ndarray:
     """OD rows (N x 3) of the pixels whose OD is >= ``background_threshold`` in every channel."""
     od = rgb_to_od(np.asarray(rgb)[..., :3].reshape(-1, 3), I_0)
-    return od[(od >= background_threshold).all(axis=1)]
+    return od[_is_tissue(od, background_threshold)]
+
+
+def _is_tissue(od: np.ndarray, background_threshold: float) -> np.ndarray:
+    """Macenko's background test on OD rows: tissue where every channel's OD >= the threshold."""
+    return (od >= background_threshold).all(axis=1)
 
 
 def _unit_columns(w: np.ndarray) -> np.ndarray:
@@ -107,8 +111,7 @@ def estimate_stain(tiles: Iterable[np.ndarray], *, I_0: float = 255.0,
             raise ValueError(f"estimate_stain: tile {i} has shape {tile.shape}; expected H x W x 3 RGB")
         rgb = tile[..., :3].reshape(-1, 3)
         n_total += len(rgb)
-        od = rgb_to_od(rgb, I_0)
-        parts.append(rgb[(od >= background_threshold).all(axis=1)])
+        parts.append(rgb[_is_tissue(rgb_to_od(rgb, I_0), background_threshold)])
     rgb = np.concatenate(parts)
     n_tissue = len(rgb)
     if n_tissue < min_pixels:
