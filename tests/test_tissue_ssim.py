@@ -15,8 +15,13 @@ def test_tissue_fraction_known_answers():
     half = glass.copy()
     half[:, :32] = (120, 60, 150)  # hematoxylin purple
     assert tissue_fraction(half) == pytest.approx(0.5)
-    grey_dust = np.full((64, 64, 3), 150, np.uint8)  # unsaturated grey: not stained tissue
-    assert tissue_fraction(grey_dust) == 0.0
+    pale_eosin = np.zeros((64, 64, 3), np.uint8)
+    pale_eosin[:] = (245, 200, 240)  # bright but coloured: tissue
+    assert tissue_fraction(pale_eosin) == 1.0
+    ihc_stroma = np.full((64, 64, 3), 205, np.uint8)  # unsaturated but darker than glass: tissue
+    assert tissue_fraction(ihc_stroma) == 1.0
+    bright_grey = np.full((64, 64, 3), 232, np.uint8)  # bright and unsaturated: glass
+    assert tissue_fraction(bright_grey) == 0.0
 
 
 def test_tissue_fraction_on_a_real_he_tile():

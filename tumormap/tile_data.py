@@ -65,15 +65,18 @@ class BatchTransform(torch.nn.Module):
 
     def __init__(self, source_stains: list[dict], target_stain: dict, channels: str):
         super().__init__()
-        from .stain import StainTransform
+        from .stain import StainTransform, stack_stains
 
-        self.stain = StainTransform(source_stains, target_stain, channels)
+        self.stain = StainTransform(target_stain, channels)
+        matrices, max_conc = stack_stains(source_stains)
+        self.register_buffer("source_matrix", torch.as_tensor(np.asarray(matrices), dtype=torch.float32))
+        self.register_buffer("source_max", torch.as_tensor(np.asarray(max_conc), dtype=torch.float32))
         self.channels = channels
 
     def forward(self, images: torch.Tensor, sample_idx: torch.Tensor, augment: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float()
-        x = self.stain(x, sample_idx)
+        x = images.permute(0, 3, 1, 2)
+        x = self.stain(x, self.source_matrix[sample_idx], self.source_max[sample_idx])
         if augment:
             x = random_dihedral(x, generator)
         return x.contiguous(memory_format=torch.channels_last)

@@ -14,13 +14,14 @@ log = get_logger("tissue")
 def tissue_mask(rgb: np.ndarray, *, white: int = 220, min_saturation: float = 0.07) -> np.ndarray:
     """Boolean mask of tissue pixels.
 
-    Background is glass: near-white (mean of R, G, B ≥ ``white``, 0–255) or nearly
-    grey (HSV saturation < ``min_saturation``, 0–1). Stained tissue is coloured.
+    Background is glass: near-white (mean of R, G, B ≥ ``white``, 0–255) and nearly
+    grey (HSV saturation < ``min_saturation``, 0–1). Pale but coloured eosin is tissue, and
+    so is the barely saturated, darker stroma of an IHC counterstain.
     """
     rgb = np.asarray(rgb, dtype=np.float32)
     hi, lo = rgb.max(axis=-1), rgb.min(axis=-1)
     saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0.0)
-    return (rgb.mean(axis=-1) < white) & (saturation >= min_saturation)
+    return (rgb.mean(axis=-1) < white) | (saturation >= min_saturation)
 
 
 def tissue_fraction(rgb: np.ndarray, **kwargs) -> float:
@@ -47,13 +48,16 @@ def tissue_table(tiles: pd.DataFrame, he_path: str, ihc_path: str | None, sample
                               for row in low.to_dict("records")], dtype=np.float32)
         reader.close()
         out[f"{stain}_tissue"] = fractions
-        keep &= fractions >= min_tissue
+        enough = fractions >= min_tissue
+        log.info("sample %s: %d of %d %s tiles have tissue >= %.2f (%s)", sample, int(enough.sum()), len(out),
+                 stain.upper(), min_tissue, path)
+        keep &= enough
     if not ihc_path:
         out["ihc_tissue"] = np.nan
     out["tissue_keep"] = keep
     n = int(keep.sum())
     if n == 0:
-        log.warning("sample %s: no tile has tissue fraction >= %.2f: no tissue found in %s", sample, min_tissue,
-                    he_path)
-    log.info("sample %s: %d of %d tiles have tissue >= %.2f", sample, n, len(out), min_tissue)
+        log.warning("sample %s: no tile has tissue fraction >= %.2f on %s: nothing to analyse in %s", sample,
+                    min_tissue, "both slides" if ihc_path else "the H&E", he_path)
+    log.info("sample %s: %d of %d tiles kept", sample, n, len(out))
     return out
