@@ -11,6 +11,7 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/demo.smk"
+include: "rules/download.smk"
 include: "rules/tiling.smk"
 include: "rules/tissue.smk"
 include: "rules/ssim.smk"
@@ -33,4 +34,5 @@ rule all:
         metrics=expand("results/evaluate/{model}/metrics.json", model=MODELS),
         comparison="results/evaluate/comparison.json",
         qc=expand("results/ground_truth/{sample}.qc.png", sample=SAMPLES_PAIRED),
+        sheet="results/samples_resolved.tsv",
     default_target: True

@@ -5,12 +5,16 @@ import pandas as pd
 from snakemake.utils import validate
 
 from tumormap.samples import he_only_samples, optional_float, paired_samples, read_sample_sheet
+from tumormap.sources import resolve_sheet
 
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
-samples = read_sample_sheet(config["samples"])
-validate(samples.astype(object).where(samples.notna(), None), "../schemas/samples.schema.yaml")
+# The sheet as written, then each slide resolved to the local path the rules read:
+# local files in place, URLs and zenodo: references under {resources_dir}/downloads/.
+_sheet = read_sample_sheet(config["samples"])
+validate(_sheet.astype(object).where(_sheet.notna(), None), "../schemas/samples.schema.yaml")
+samples = resolve_sheet(_sheet, config["download"], config["resources_dir"]).set_index("sample", drop=False)
 
 SAMPLES_ALL = list(samples.index)
 SAMPLES_PAIRED = paired_samples(samples)

@@ -30,6 +30,8 @@ rule download_slide:
     resources:
         downloads=1,
     retries: int(DOWNLOAD_CFG.get("job_retries", 1))
+    conda:
+        "../envs/download.yaml"
     script:
         "../workflow_scripts/download_slide.py"
 

@@ -102,7 +102,7 @@ def read_tile(slide, x0: int, y0: int, plan: ReadPlan, out_px: int) -> np.ndarra
     if alpha.min() < 255:
         rgb[alpha == 0] = 255
     if plan.read_px != out_px:
-        rgb = np.asarray(Image.fromarray(rgb).resize((out_px, out_px), Image.Resampling.BILINEAR
+        rgb = np.array(Image.fromarray(rgb).resize((out_px, out_px), Image.Resampling.BILINEAR
                                                      if plan.read_px < out_px else Image.Resampling.BOX))
     return rgb
 
