@@ -33,6 +33,7 @@ rule all:
         ),
         metrics=expand("results/evaluate/{model}/metrics.json", model=MODELS),
         comparison="results/evaluate/comparison.json",
+        summary=expand("results/maps/{model}/summary.csv", model=MODELS),
         qc=expand("results/ground_truth/{sample}.qc.png", sample=SAMPLES_PAIRED),
         sheet="results/samples_resolved.tsv",
     default_target: True

@@ -1,4 +1,4 @@
-rule predict:
+rule predict_tiles:
     input:
         model="results/models/{model}/model.pt",
         card="results/models/{model}/card.json",

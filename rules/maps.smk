@@ -20,6 +20,7 @@ rule tumor_map:
         ),
         arrays="results/maps/{model}/{sample}.npz",
         agreement="results/maps/{model}/{sample}.json",
+        geojson="results/maps/{model}/{sample}.geojson",
     params:
         cfg=lookup(dpath="maps", within=config),
     log:
@@ -32,3 +33,35 @@ rule tumor_map:
         "../envs/slides.yaml"
     script:
         "../workflow_scripts/tumor_map.py"
+
+
+rule map_summary:
+    input:
+        predictions=expand("results/predictions/{{model}}/{sample}.parquet", sample=SAMPLES_ALL),
+        tissue=expand(rules.tissue.output.table, sample=SAMPLES_ALL),
+    output:
+        csv=report(
+            "results/maps/{model}/summary.csv",
+            caption="../report/summary.rst",
+            category="Tumor maps",
+            subcategory="{model}",
+        ),
+    params:
+        samples=SAMPLES_ALL,
+        cfg=lookup(dpath="maps", within=config),
+    log:
+        "logs/map_summary/{model}.log",
+    message:
+        "Per-slide tumor-ratio summary of {wildcards.model}"
+    conda:
+        "../envs/slides.yaml"
+    script:
+        "../workflow_scripts/map_summary.py"
+
+
+rule predict:
+    """Target: map only the H&E-only samples (no IHC) with every trained model."""
+    input:
+        maps=expand("results/maps/{model}/{sample}.{ext}", model=MODELS, sample=SAMPLES_HE_ONLY,
+                    ext=["png", "geojson"]),
+        summary=expand(rules.map_summary.output.csv, model=MODELS),

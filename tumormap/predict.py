@@ -48,7 +48,7 @@ def check_resolution(card: dict, tiles: pd.DataFrame, sample: str) -> None:
 
 @torch.no_grad()
 def predict_slide(model, card: dict, tiles: pd.DataFrame, he_path: str, stain: dict, *, sample: str,
-                  batch_size: int = 32, workers: int = 2) -> pd.DataFrame:
+                  batch_size: int = 32, workers: int = 2, progress: bool = False) -> pd.DataFrame:
     """``sample, tile_id, row, col, he_x, he_y, he_extent, predicted_ratio`` for the tissue tiles."""
     from .tile_data import BatchTransform, TileDataset, make_loader
 
@@ -66,6 +66,10 @@ def predict_slide(model, card: dict, tiles: pd.DataFrame, he_path: str, stain: d
                          batch_size=batch_size, shuffle=False, workers=workers, seed=0,
                          pin_memory=device.type == "cuda")
     preds, t0 = [], time.time()
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=f"{sample}: predicting", unit="batch")
     for k, (images, _, idx) in enumerate(loader):
         x = transform(images.to(device, non_blocking=True), idx.to(device))
         with autocast(device):

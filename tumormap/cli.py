@@ -1,0 +1,116 @@
+"""``tumormap``: one-off use outside Snakemake, with the same functions the rules call.
+
+    tumormap predict --model results/models/regressor SLIDE [SLIDE ...] --out maps/
+    tumormap demo --out demo/            # a synthetic H&E/IHC pair with its known truth
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+
+
+def _defaults(section: str) -> dict:
+    """A config section from the repository's config.yaml (the workflow's defaults)."""
+    if REPO_CONFIG.exists():
+        return dict(yaml.safe_load(REPO_CONFIG.read_text()).get(section) or {})
+    return {}
+
+
+def map_he_slide(model_dir: str, he_path: str, out_dir: str, *, sample: str | None = None,
+                 tissue_cfg: dict | None = None, stain_cfg: dict | None = None, maps_cfg: dict | None = None,
+                 fallback_mpp: float | None = None, progress: bool = True) -> dict:
+    """Map one H&E slide with a trained model: tiles → tissue → stain → prediction → map,
+    GeoJSON and a summary row. Writes ``out_dir/<sample>.{parquet,png,npz,json,geojson}``."""
+    import pandas as pd
+
+    from .export import slide_summary, tiles_geojson, write_geojson
+    from .io import write_json, write_parquet
+    from .maps import slide_maps
+    from .predict import load_model, predict_slide
+    from .stain import estimate_slide_stain
+    from .tiling import tile_grid
+    from .tissue import tissue_table
+    from .train import load_card
+
+    tissue_cfg = {**_defaults("tissue"), **(tissue_cfg or {})}
+    stain_cfg = {**_defaults("stain"), **(stain_cfg or {})}
+    maps_cfg = {**_defaults("maps"), **(maps_cfg or {})}
+    sample = sample or Path(he_path).stem
+    out = Path(out_dir)
+    card = load_card(model_dir)
+    tiles = tile_grid(he_path, None, sample, target_mpp=card["input_mpp"], tile_px=card["tile_px"],
+                      he_mpp=fallback_mpp)
+    tissue = tissue_table(tiles, he_path, None, sample, min_tissue=tissue_cfg["min_tissue"],
+                          read_px=tissue_cfg["read_px"], white=tissue_cfg["white"],
+                          min_saturation=tissue_cfg["min_saturation"])
+    write_parquet(tissue, out / f"{sample}.tiles.parquet")
+    stain = estimate_slide_stain(he_path, tissue[tissue["tissue_keep"]], sample, n_tiles=stain_cfg["n_tiles"],
+                                 tile_px=stain_cfg["read_px"])
+    write_json(stain, out / f"{sample}.stain.json")
+    model, card = load_model(model_dir)
+    predictions = predict_slide(model, card, tissue, he_path, stain, sample=sample,
+                                batch_size=maps_cfg["batch_size"], progress=progress)
+    write_parquet(predictions, out / f"{sample}.parquet")
+    slide_maps(str(out / f"{sample}.parquet"), str(out / f"{sample}.tiles.parquet"), None, he_path, sample=sample,
+               model=card["kind"], png=str(out / f"{sample}.png"), arrays=str(out / f"{sample}.npz"),
+               agreement=str(out / f"{sample}.json"), thumbnail_px=maps_cfg["thumbnail_px"])
+    write_geojson(tiles_geojson(predictions, sample=sample, model=card["kind"]), str(out / f"{sample}.geojson"))
+    return slide_summary(predictions, tissue, sample=sample, model=card["kind"],
+                         tumor_threshold=maps_cfg.get("tumor_threshold", 0.5))
+
+
+def _predict(args) -> int:
+    from .export import write_summary_csv
+    from .logs import setup_logging
+
+    setup_logging(None)
+    rows = []
+    for slide in args.slides:
+        rows.append(map_he_slide(args.model, slide, args.out, fallback_mpp=args.mpp))
+        print(f"{slide}: mean tumor ratio {rows[-1]['mean_tumor_ratio']:.3f} "
+              f"({rows[-1]['n_tissue_tiles']} tissue tiles) -> {args.out}", file=sys.stderr)
+    write_summary_csv(rows, str(Path(args.out) / "summary.csv"))
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import make_demo_pair
+
+    out = Path(args.out)
+    summary = make_demo_pair(str(out / "demo_he.tiff"), str(out / "demo_ihc.tiff"), str(out / "demo_truth.parquet"),
+                             seed=args.seed, size_px=args.size_px)
+    print(summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tumormap", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="map H&E slides with a trained model")
+    p.add_argument("--model", required=True, help="model folder (model.pt + card.json)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides that lack one")
+    p.add_argument("slides", nargs="+", help="H&E slide files (any format OpenSlide reads)")
+    p.set_defaults(func=_predict)
+    d = sub.add_parser("demo", help="write a synthetic H&E/IHC slide pair with known tumor ratios")
+    d.add_argument("--out", required=True)
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--size-px", type=int, default=6144)
+    d.set_defaults(func=_demo)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError) as exc:
+        print(f"tumormap: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
