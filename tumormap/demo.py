@@ -18,10 +18,7 @@ Public API: :func:`make_demo_pair`, :func:`make_nucleus_training_set`.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,12 +73,13 @@ def make_demo_pair(he_path, ihc_path, truth_path, *, seed: int, size_px: int = 6
     """
     size_px, region_px = int(size_px), int(region_px)
     dx, dy = (int(v) for v in ihc_offset)
+    where = f"demo pair {he_path}"
     if size_px < 256 or region_px < 64 or region_px > size_px:
-        raise ValueError(f"demo pair: need size_px ≥ 256 and 64 ≤ region_px ≤ size_px (got {size_px}, {region_px})")
+        raise ValueError(f"{where}: need size_px ≥ 256 and 64 ≤ region_px ≤ size_px (got {size_px}, {region_px})")
     if not mpp > 0:
-        raise ValueError(f"demo pair: mpp must be positive (got {mpp})")
+        raise ValueError(f"{where}: mpp must be positive (got {mpp})")
     if max(abs(dx), abs(dy)) > size_px // 8:
-        raise ValueError(f"demo pair: ihc_offset {ihc_offset} is too large for a {size_px} px slide")
+        raise ValueError(f"{where}: ihc_offset {ihc_offset} is too large for a {size_px} px slide")
     rng = np.random.default_rng(seed)
 
     # World canvas: H&E [0, S)² plus the strip the shifted IHC also shows.
@@ -98,7 +96,7 @@ def make_demo_pair(he_path, ihc_path, truth_path, *, seed: int, size_px: int = 6
              mpp, 100 * float(tissue.hard[he_view.rows(0, size_px), he_view.cols].mean()), grid.n, len(empty))
 
     key, key_fraction = grid.keys(fractions)
-    nuclei = _place_nuclei(rng, tissue.hard, origin, mpp, lambda x, y: key(x, y), key_fraction)
+    nuclei = _place_nuclei(rng, tissue.hard, origin, mpp, key, key_fraction)
     raster = _rasterize(nuclei, tissue.soft, origin, mpp, labels=False)
     log.info("demo pair: %d nuclei (%d tumor) drawn", len(nuclei.x), int(nuclei.tumor.sum()))
     fibres = _fibre_field(rng, shape, origin, mpp)
@@ -129,7 +127,7 @@ def make_nucleus_training_set(path_npz, *, n_patches: int = 48, patch_px: int = 
     column 0 is background). Patches mix tumor fractions; some have no nuclei. Returns a summary.
     """
     if n_patches < 1 or patch_px < 32 or not mpp > 0:
-        raise ValueError(f"nucleus training set: need n_patches ≥ 1, patch_px ≥ 32, mpp > 0 "
+        raise ValueError(f"nucleus training set {path_npz}: need n_patches ≥ 1, patch_px ≥ 32, mpp > 0 "
                          f"(got {n_patches}, {patch_px}, {mpp})")
     rng = np.random.default_rng(seed)
     fine_mpp, fine_px = mpp / 2, 2 * patch_px
@@ -642,10 +640,10 @@ def _stain_view(rng, stain: str, view: _View, raster: _Raster, tissue_soft, fibr
             c_d = None
         else:
             c_h = per_status(_IHC_NUCLEUS_H)
-            c_h += np.float32(0.05) * stroma * (np.float32(0.6) + np.float32(0.5) * fibres[rows, cols])
+            c_h += np.float32(0.12) * stroma * (np.float32(0.6) + np.float32(0.5) * fibres[rows, cols])
             c_e = None
             c_d = per_status(_IHC_NUCLEUS_DAB)
-            c_d += np.float32(0.025) * stroma
+            c_d += np.float32(0.03) * stroma
         for ch in range(3):
             od = c_h * hv[ch] + _GLASS_OD
             if c_e is not None:
