@@ -415,8 +415,8 @@ class _Nuclei:
         return cls(z, z, z.astype(bool), z, z, z, np.zeros((0, 4)), np.zeros((0, 4)), z, z)
 
 
-def _shapes(rng, n: int, tumor: np.ndarray | int, mpp: float) -> dict:
-    """Draw shape parameters for ``n`` nuclei; tumor = 1 entries larger, longer and more irregular."""
+def _shapes(rng, n: int, mpp: float) -> dict:
+    """Shape parameters of `n` nuclei as both statuses: out[0] normal, out[1] tumor (larger, longer, more irregular)."""
     size_z = np.clip(rng.standard_normal(n), -2.5, 2.5)
     aspect_u, angle = rng.uniform(0, 1, n), rng.uniform(0, np.pi, n)
     harm = rng.uniform(0, 1, (n, 4)) * np.array([0.4, 0.3, 0.2, 0.1])
@@ -450,7 +450,7 @@ def _place_nuclei(rng, tissue_hard: np.ndarray, origin, mpp: float, key_of, key_
     n = len(x)
     if n == 0:
         return _Nuclei.empty()
-    shapes = _shapes(rng, n, 0, mpp)
+    shapes = _shapes(rng, n, mpp)
     ext = np.stack([shapes[0]["extent"], shapes[1]["extent"]])  # (2, n)
     gap = MIN_GAP_UM / mpp
     keys = key_of(x, y)
