@@ -21,7 +21,7 @@ def build_dataset(tile_tables: list[str], ground_truth_tables: list[str], split_
         tiles, gt = pd.read_parquet(tiles_path), pd.read_parquet(gt_path)
         if gt.empty:
             continue
-        merged = tiles[tiles["keep"]].merge(gt[["sample", "tile_id", "tumor_ratio", "n_nuclei"]],
+        merged = tiles[tiles["keep"]].merge(gt[["sample", "tile_id", "tumor_ratio", "n_nuclei", "nuclear_area_px", "positive_area_px"]],
                                            on=["sample", "tile_id"], how="inner")
         n_nan = int((~np.isfinite(merged["tumor_ratio"])).sum())
         if n_nan:

@@ -57,9 +57,13 @@ def predict_slide(model, card: dict, tiles: pd.DataFrame, he_path: str, stain: d
     if tissue.empty:
         out["predicted_ratio"] = np.array([], dtype=np.float32)
         return out
-    if card["kind"] != "regressor":
-        raise ValueError(f"predict_slide maps tile regressors; {card['kind']} models map with their own function")
     check_resolution(card, tissue, sample)
+    if card["kind"] == "mil":
+        from .mil_slides import mil_tile_map
+
+        out["predicted_ratio"] = mil_tile_map(model, card, tissue, he_path, stain, sample=sample,
+                                              batch_size=batch_size, workers=workers, progress=progress)
+        return out
     device = next(model.parameters()).device
     transform = BatchTransform([stain], card["stain"]["target"], card["channels"]).to(device)
     loader = make_loader(TileDataset(tissue, {sample: he_path}, card["input_px"], target=None),

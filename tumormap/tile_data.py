@@ -23,9 +23,9 @@ class TileDataset(Dataset):
     """
 
     def __init__(self, table: pd.DataFrame, slide_paths: dict[str, str], input_px: int,
-                 target: str | None = "tumor_ratio"):
+                 target: str | None = "tumor_ratio", samples: list[str] | None = None):
         self.rows = table.reset_index(drop=True).to_dict("records")
-        self.samples = sorted(set(table["sample"].astype(str)))
+        self.samples = samples or sorted(set(table["sample"].astype(str)))
         self.sample_index = {s: i for i, s in enumerate(self.samples)}
         self.readers = {s: TileReader(slide_paths[s], "he", s) for s in self.samples}
         self.input_px = int(input_px)

@@ -14,6 +14,7 @@ import platform
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -95,6 +96,67 @@ def plot_history(history: pd.DataFrame, path: str, title: str) -> None:
     save_figure(fig, path)
 
 
+def run_epochs(model, optimizer, scheduler, *, epochs: int, checkpoint_dir: str, chash: str,
+               train_epoch: Callable[[], tuple[float, int]], validate: Callable[[], float],
+               generators: dict[str, torch.Generator]) -> tuple[list[dict], dict]:
+    """The shared epoch loop: train, validate, keep the best weights, checkpoint atomically.
+
+    Resumes from ``checkpoint_dir/last.pt`` when it was written with the same ``chash``
+    (model, optimiser, scheduler, history, best weights and every random generator), so a
+    preempted job continues where it stopped. ``train_epoch`` returns (mean loss, images).
+    """
+    ckpt_path = Path(checkpoint_dir) / "last.pt"
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    state = load_checkpoint(ckpt_path, chash)
+    start_epoch, history, best = 0, [], {"val_mae": float("inf"), "state": None, "epoch": -1}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        torch.set_rng_state(state["rng_torch"])
+        for name, gen in generators.items():
+            gen.set_state(state["rng"][name])
+        log.info("resuming from %s at epoch %d of %d", ckpt_path, start_epoch + 1, epochs)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.time()
+        model.train()
+        train_loss, n_images = train_epoch()
+        scheduler.step()
+        val_mae = validate()
+        seconds = time.time() - t0
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae, "lr": scheduler.get_last_lr()[0],
+               "seconds": seconds, "images_per_s": n_images / max(1e-9, seconds)}
+        history.append(row)
+        score = val_mae if np.isfinite(val_mae) else train_loss
+        if score <= best["val_mae"]:
+            best = {"val_mae": score, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    "epoch": epoch + 1}
+        save_checkpoint(ckpt_path, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "history": history, "best": best,
+                                    "config_hash": chash, "rng_torch": torch.get_rng_state(),
+                                    "rng": {name: gen.get_state() for name, gen in generators.items()}})
+        log.info("epoch %d/%d: train L1 %.4f, val MAE %.4f, %.1f img/s, %.1f s", epoch + 1, epochs, train_loss,
+                 val_mae, row["images_per_s"], seconds)
+    return history, best
+
+
+def write_model_folder(out_dir: str, best: dict, history: list[dict], card: dict, title: str) -> dict:
+    """``model.pt`` (best weights), ``history.csv``, ``loss_curve.png`` and ``card.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(best["state"], tmp)
+    hist = pd.DataFrame(history)
+    with atomic_path(out / "history.csv") as tmp:
+        hist.to_csv(tmp, index=False)
+    plot_history(hist, str(out / "loss_curve.png"), title)
+    card = {"card_version": CARD_VERSION, **card, "software": software_versions()}
+    card["training"].update(best_epoch=best["epoch"], best_val_mae=best["val_mae"])
+    write_json(card, out / "card.json")
+    return card
+
+
 def train_regressor(dataset_table: pd.DataFrame, slide_paths: dict[str, str], stains: dict[str, dict],
                     target_stain: dict, out_dir: str, checkpoint_dir: str, cfg: dict, *, tile_mpp: float,
                     tile_px: int) -> dict:
@@ -120,11 +182,9 @@ def train_regressor(dataset_table: pd.DataFrame, slide_paths: dict[str, str], st
         raise ValueError("no training tiles: every train-split tile lacks ground truth (see ssim/ground_truth logs)")
     samples = sorted(set(table["sample"]))
     transform = BatchTransform([stains[s] for s in samples], target_stain, channels).to(device)
-    index = {s: i for i, s in enumerate(samples)}
 
     def loader(t, shuffle):
-        ds = TileDataset(t, slide_paths, input_px)
-        ds.samples, ds.sample_index = samples, index  # one indexing of stains for all splits
+        ds = TileDataset(t, slide_paths, input_px, samples=samples)
         return make_loader(ds, batch_size=int(cfg["batch_size"]), shuffle=shuffle, workers=int(cfg.get("workers", 2)),
                            seed=seed, pin_memory=device.type == "cuda")
 
@@ -135,28 +195,14 @@ def train_regressor(dataset_table: pd.DataFrame, slide_paths: dict[str, str], st
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
     epochs = int(cfg["epochs"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
-    chash = config_hash({"cfg": cfg, "tiles": int(len(table)), "samples": samples, "tile_px": tile_px,
-                         "mpp": tile_mpp})
-    ckpt_path = Path(checkpoint_dir) / "last.pt"
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    state = load_checkpoint(ckpt_path, chash)
-    start_epoch, history, best = 0, [], {"val_mae": float("inf"), "state": None, "epoch": -1}
+    chash = config_hash({"kind": "regressor", "cfg": cfg, "tiles": int(len(table)), "samples": samples,
+                         "tile_px": tile_px, "mpp": tile_mpp})
     augment_gen = torch.Generator().manual_seed(seed + 1)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
-        torch.set_rng_state(state["rng_torch"])
-        augment_gen.set_state(state["rng_augment"])
-        train_loader.generator.set_state(state["rng_loader"])
-        log.info("resuming from %s at epoch %d of %d", ckpt_path, start_epoch + 1, epochs)
-    log.info("training on %s: %d train tiles, %d val tiles, %d epochs, input %d px, channels %s",
+    log.info("training the regressor on %s: %d train tiles, %d val tiles, %d epochs, input %d px, channels %s",
              device, len(train_t), len(val_t), epochs, input_px, channels)
-    for epoch in range(start_epoch, epochs):
-        t0 = time.time()
-        model.train()
-        losses, n_images = [], 0
+
+    def train_epoch():
+        total, n = 0.0, 0
         for images, targets, sample_idx in train_loader:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             x = transform(images, sample_idx.to(device), augment=True, generator=augment_gen)
@@ -168,44 +214,24 @@ def train_regressor(dataset_table: pd.DataFrame, slide_paths: dict[str, str], st
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item() * len(targets))
-            n_images += len(targets)
-        scheduler.step()
-        val_mae = evaluate_loader(model, transform, val_loader, device) if val_loader else float("nan")
-        row = {"epoch": epoch + 1, "train_loss": sum(losses) / max(1, n_images), "val_mae": val_mae,
-               "lr": scheduler.get_last_lr()[0], "seconds": time.time() - t0,
-               "images_per_s": n_images / max(1e-9, time.time() - t0)}
-        history.append(row)
-        score = val_mae if np.isfinite(val_mae) else row["train_loss"]
-        if score <= best["val_mae"]:
-            best = {"val_mae": score, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "epoch": epoch + 1}
-        save_checkpoint(ckpt_path, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                                    "config_hash": chash, "rng_torch": torch.get_rng_state(),
-                                    "rng_augment": augment_gen.get_state(),
-                                    "rng_loader": train_loader.generator.get_state()})
-        log.info("epoch %d/%d: train L1 %.4f, val MAE %.4f, %.1f img/s, %.1f s", epoch + 1, epochs,
-                 row["train_loss"], val_mae, row["images_per_s"], row["seconds"])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save(best["state"], tmp)
-    hist = pd.DataFrame(history)
-    with atomic_path(out / "history.csv") as tmp:
-        hist.to_csv(tmp, index=False)
-    plot_history(hist, str(out / "loss_curve.png"), "tile regressor")
+            total += loss.item() * len(targets)
+            n += len(targets)
+        return total / max(1, n), n
+
+    history, best = run_epochs(
+        model, optimizer, scheduler, epochs=epochs, checkpoint_dir=checkpoint_dir, chash=chash,
+        train_epoch=train_epoch,
+        validate=lambda: evaluate_loader(model, transform, val_loader, device) if val_loader else float("nan"),
+        generators={"augment": augment_gen, "loader": train_loader.generator})
     card = {
-        "card_version": CARD_VERSION, "kind": "regressor", "architecture": "resnet18",
-        "input_mpp": tile_mpp, "tile_px": tile_px, "input_px": input_px, "channels": channels,
-        "in_channels": in_channels, "bins": use_bins, "stain": {"method": "macenko", "target": target_stain},
+        "kind": "regressor", "architecture": "resnet18", "input_mpp": tile_mpp, "tile_px": tile_px,
+        "input_px": input_px, "channels": channels, "in_channels": in_channels, "bins": use_bins,
+        "stain": {"method": "macenko", "target": target_stain},
         "training": {"samples": samples, "n_train_tiles": int(len(train_t)), "n_val_tiles": int(len(val_t)),
-                     "epochs": epochs, "best_epoch": best["epoch"], "best_val_mae": best["val_mae"],
-                     "config": cfg},
-        "software": software_versions(), "config_hash": chash,
+                     "epochs": epochs, "config": cfg},
+        "config_hash": chash,
     }
-    write_json(card, out / "card.json")
-    return card
+    return write_model_folder(out_dir, best, history, card, "tile regressor")
 
 
 @torch.no_grad()
