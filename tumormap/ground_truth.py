@@ -42,7 +42,7 @@ COLUMNS = ["sample", "tile_id", "n_nuclei", "n_positive", "nuclear_area_px", "po
 DEFAULTS = dict(
     formula="dab_over_all",
     positivity="mean_dab",
-    dab_threshold=0.15,        # mean DAB OD (base 10) of a positive nucleus, or "otsu"
+    dab_threshold=0.25,        # mean DAB OD (base 10) of a positive nucleus, or "otsu" (measured on DeepLIIF)
     dab_threshold_min=0.10,    # floor for the Otsu threshold (a tile without DAB has no positives)
     prob_thresh=None,          # StarDist thresholds; None: the model's own (optimised at training)
     nms_thresh=None,
@@ -325,6 +325,12 @@ def read_deepliif(path: str | Path, align: bool = True, max_shift: int = 20) -> 
     red = (mask[..., 0] > 200) & (mask[..., 1] < 50) & (mask[..., 2] < 50)
     blue = (mask[..., 2] > 200) & (mask[..., 0] < 50) & (mask[..., 1] < 50)
 
+    def count(m):
+        lab, _ = ndi.label(m)
+        return int((np.bincount(lab.ravel())[1:] >= 30).sum())
+
+    n_pos, n_neg = count(red), count(blue)
+    area_fraction = float(red.sum() / max(red.sum() + blue.sum(), 1))
     shift = (0, 0)
     if align:
         h, dab = stain_od(im[:, :s])
@@ -334,13 +340,7 @@ def read_deepliif(path: str | Path, align: bool = True, max_shift: int = 20) -> 
         _, dy, dx = max((int((np.roll(fg, (dy, dx), (0, 1)) & stained)[c, c].sum()), dy, dx)
                         for dy in range(-max_shift, max_shift + 1) for dx in range(-max_shift, max_shift + 1))
         shift = (dy, dx)
-        red, blue = np.roll(red, shift, (0, 1)), np.roll(blue, shift, (0, 1))
-
-    def count(m):
-        lab, n = ndi.label(m)
-        return int((np.bincount(lab.ravel())[1:] >= 30).sum())
-
-    n_pos, n_neg = count(red), count(blue)
+        red, blue = (ndi.shift(m, shift, order=0, cval=0) for m in (red, blue))
     return dict(ihc=im[:, :s], hematoxylin=im[:, s:2 * s], positive=red, negative=blue, n_positive=n_pos,
                 n_negative=n_neg, count_fraction=n_pos / max(n_pos + n_neg, 1),
-                area_fraction=float(red.sum() / max(red.sum() + blue.sum(), 1)), shift=shift)
+                area_fraction=area_fraction, shift=shift)
