@@ -121,6 +121,16 @@ def test_resnet18_extractor_channels_and_local_weights(tmp_path):
         resnet18_extractor(3, 32, tmp_path / "missing.pt")
 
 
+@pytest.mark.parametrize("make, shape", [(lambda: small_cnn_extractor(16), (64, 1, 28, 28)),
+                                         (lambda: resnet18_extractor(3, 16), (64, 3, 32, 32))])
+def test_untrained_features_spread_over_the_unit_interval(make, shape):
+    # features squashed into one kernel width would make every bag's density the same
+    torch.manual_seed(0)
+    with torch.no_grad():
+        feats = torch.sigmoid(make().train()(torch.rand(shape)))
+    assert float(feats.std(dim=0).mean()) > 0.1
+
+
 def test_read_idx_rejects_a_non_idx_file(tmp_path):
     bad = tmp_path / "bad-idx.gz"
     with gzip.open(bad, "wb") as fh:

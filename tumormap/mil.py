@@ -94,7 +94,7 @@ class DistributionPoolingMIL(nn.Module):
 
 def resnet18_extractor(in_channels: int = 3, n_features: int = 128,
                        weights_path: str | Path | None = None) -> nn.Module:
-    """torchvision ResNet-18 whose last layer outputs ``n_features`` raw features.
+    """torchvision ResNet-18 whose head (Linear + BatchNorm) outputs ``n_features`` raw features.
 
     Random weights unless ``weights_path`` names a local torchvision resnet18 state dict
     (never downloaded). For in_channels != 3, conv1 is rebuilt; with loaded weights its
@@ -120,7 +120,8 @@ def resnet18_extractor(in_channels: int = 3, n_features: int = 128,
         if weights_path is not None:
             with torch.no_grad():
                 net.conv1.weight.copy_(old.weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1))
-    net.fc = nn.Linear(net.fc.in_features, n_features)
+    # BatchNorm after the new head: raw features start with unit spread (see small_cnn_extractor)
+    net.fc = nn.Sequential(nn.Linear(net.fc.in_features, n_features), nn.BatchNorm1d(n_features))
     return net
 
 
