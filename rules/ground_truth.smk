@@ -11,7 +11,7 @@ def nuclei_model_input(wildcards):
 
 def nuclei_training_input(wildcards):
     if config["ground_truth"]["nuclei_model"].get("train_data", "synthetic") == "synthetic":
-        return rules.demo_nuclei.output.npz
+        return [rules.demo_nuclei.output.npz]
     return []
 
 

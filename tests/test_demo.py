@@ -48,7 +48,7 @@ def test_ihc_shows_the_he_tissue_shifted_by_the_offset(pair):
     dx, dy = OFFSET
     he_rgb, ihc_rgb = read_rgb(he, 0, 0, SIZE, SIZE), read_rgb(ihc, 0, 0, SIZE, SIZE)
     # nuclei absorb red on both stains; stroma and glass hardly do
-    he_nuc, ihc_nuc = he_rgb[..., 0] < 190, ihc_rgb[..., 0] < 205
+    he_nuc, ihc_nuc = he_rgb[..., 0] < 190, ihc_rgb[..., 0] < 185
     keep = np.ones((SIZE, SIZE), bool)  # H&E pixels whose IHC partner is on the slide and not torn
     keep[:max(0, -dy)], keep[SIZE - max(0, dy):], keep[:, SIZE - max(0, dx):], keep[:, :max(0, -dx)] = (False,) * 4
     for r in truth[truth.torn].itertuples():
@@ -114,7 +114,7 @@ def test_dab_area_recounted_from_the_ihc_matches_true_ratio(pair):
     for r in truth[(truth.n_nuclei > 0) & ~truth.torn].itertuples():
         hed = rgb2hed(read_rgb(ihc, r.x0 + dx, r.y0 + dy, r.x1 - r.x0, r.y1 - r.y0))
         positive = hed[..., 2] > 0.04
-        negative = (hed[..., 0] > 0.025) & ~positive
+        negative = (hed[..., 0] > 0.035) & ~positive
         measured = positive.sum() / (positive.sum() + negative.sum())
         assert measured == pytest.approx(r.true_ratio, abs=0.05), r
         checked += 1

@@ -38,8 +38,8 @@ def write_workdir(workdir: Path, cfg: dict) -> None:
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
-           "--resources", "gpu=1", *args]
+    cmd = [str(SNAKEMAKE), *args, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+           "--resources", "gpu=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")

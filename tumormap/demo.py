@@ -640,7 +640,7 @@ def _stain_view(rng, stain: str, view: _View, raster: _Raster, tissue_soft, fibr
             c_d = None
         else:
             c_h = per_status(_IHC_NUCLEUS_H)
-            c_h += np.float32(0.12) * stroma * (np.float32(0.6) + np.float32(0.5) * fibres[rows, cols])
+            c_h += np.float32(0.36) * stroma * (np.float32(0.6) + np.float32(0.5) * fibres[rows, cols])
             c_e = None
             c_d = per_status(_IHC_NUCLEUS_DAB)
             c_d += np.float32(0.03) * stroma

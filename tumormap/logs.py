@@ -19,6 +19,14 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> log
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     logging.captureWarnings(True)
+    previous_hook = sys.excepthook
+
+    def log_uncaught(exc_type, exc, tb):  # the rule's log file says why the job failed
+        if not issubclass(exc_type, KeyboardInterrupt):
+            logger.error("failed: %s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
+        previous_hook(exc_type, exc, tb)
+
+    sys.excepthook = log_uncaught
     return logger
 
 
