@@ -41,7 +41,8 @@ def _slurm_down_reason() -> str | None:
     except subprocess.TimeoutExpired:
         return "sinfo did not answer within 15 s"
     if r.returncode != 0:
-        return f"sinfo failed (start SLURM with `sudo .ci/slurm/start.sh`): {r.stderr.strip()[-200:]}"
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"sinfo failed (start SLURM with `sudo .ci/slurm/start.sh`): {last}"
     states = dict(line.split() for line in r.stdout.splitlines() if line.strip())
     usable = {"idle", "mix", "alloc"}
     for partition in ("cpu*", "gpu"):
