@@ -22,7 +22,7 @@ def tiny_config(workdir: Path) -> dict:
     cfg["demo"].update(size_px=3072, region_px=1024)
     cfg["tile"]["tile_px"] = 128
     cfg["ssim"]["read_px"] = 64
-    cfg["ground_truth"]["nuclei_model"].update(epochs=6, steps_per_epoch=25)
+    cfg["ground_truth"]["nuclei_model"].update(epochs=8, steps_per_epoch=30)
     cfg["train"]["regressor"].update(epochs=2, input_px=64, batch_size=16, workers=0)
     cfg["stain"]["n_tiles"] = 8
     cfg["maps"]["thumbnail_px"] = 256
@@ -99,14 +99,14 @@ def test_ground_truth_recovers_the_synthetic_regions(demo_run):
         truth = pd.read_parquet(workdir / f"resources/demo/demo{i}_truth.parquet")
         tiles = pd.read_parquet(workdir / f"results/ssim/demo{i}.parquet")
         gt = pd.read_parquet(workdir / f"results/ground_truth/demo{i}.parquet").merge(tiles, on=["sample", "tile_id"])
-        for region in truth[(~truth["torn"]) & (truth["tissue_fraction"] > 0.9)].itertuples():
+        for region in truth[(~truth["torn"]) & (truth["tissue_fraction"] > 0.5)].itertuples():
             inside = gt[(gt["he_x"] >= region.x0) & (gt["he_x"] + gt["he_extent"] <= region.x1)
                         & (gt["he_y"] >= region.y0) & (gt["he_y"] + gt["he_extent"] <= region.y1)]
             if inside["nuclear_area_px"].sum() == 0:
                 continue
             measured = inside["positive_area_px"].sum() / inside["nuclear_area_px"].sum()
             errors.append(abs(measured - region.true_ratio))
-    assert len(errors) >= 3
+    assert len(errors) >= 8
     assert max(errors) <= 0.05, f"region errors {np.round(errors, 3)}"
 
 

@@ -66,7 +66,8 @@ def slide_maps(predictions_path: str, tiles_path: str, ground_truth_path: str | 
     maps = {f"predicted ({model})": predicted}
     ihc = np.full(shape, np.nan, dtype=np.float32)
     if ground_truth_path:
-        ihc = grid_array(pd.read_parquet(ground_truth_path), "tumor_ratio", shape)
+        gt = pd.read_parquet(ground_truth_path)[["tile_id", "tumor_ratio"]]
+        ihc = grid_array(gt.merge(tiles[["tile_id", "row", "col"]], on="tile_id"), "tumor_ratio", shape)
         maps["IHC-derived"] = ihc
     slide = open_slide(he_path, sample)
     thumb, downsample = thumbnail(slide, thumbnail_px)
