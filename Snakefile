@@ -1,12 +1,15 @@
 # tumormap: tumor-ratio maps from H&E whole-slide images, learned from consecutive IHC slides.
 # Run: snakemake --profile profiles/local all   (README.md)
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: "config.yaml"
+configfile: os.path.join(workflow.basedir, "config/mnist_bags.yaml")  # the MNIST-bag check
 
 
 include: "rules/common.smk"
@@ -21,6 +24,7 @@ include: "rules/split.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/maps.smk"
+include: "rules/mnist_bags.smk"
 
 
 report: "report/workflow.rst"

@@ -36,9 +36,13 @@ rule mnist_bags:
         seed=_mnist_bags("seed"),
         device=_mnist_bags("device"),
     threads: _mnist_bags("threads")
+    resources:
+        gpu=1,
     log:
         "logs/mnist_bags.log",
     benchmark:
         "benchmarks/mnist_bags.tsv"
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/mnist_bags.py"

@@ -14,6 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 N_PAIRS = 3
+HE_ONLY = "demo4"
 
 
 def tiny_config(workdir: Path) -> dict:
@@ -34,6 +35,7 @@ def write_workdir(workdir: Path, cfg: dict) -> None:
     rows = ["sample\the\tihc\tpatient\toffset_x\toffset_y"]
     for i in range(1, N_PAIRS + 1):
         rows.append(f"demo{i}\tresources/demo/demo{i}_he.tiff\tresources/demo/demo{i}_ihc.tiff\tP{i}\t12\t-8")
+    rows.append(f"{HE_ONLY}\tresources/demo/{HE_ONLY}_he.tiff\t\tP9\t\t")  # prediction only
     (workdir / "samples.tsv").write_text("\n".join(rows) + "\n")
 
 
@@ -125,3 +127,67 @@ def test_rerun_does_nothing_and_ssim_min_reruns_only_downstream(demo_run):
         assert jobs.get(downstream, 0) >= 1, (downstream, jobs)
     for upstream in ("demo_pair", "tile", "tissue", "stain", "train_nuclei_model"):
         assert upstream not in jobs, (upstream, jobs)
+
+
+@pytest.mark.slow
+def test_he_only_sample_is_mapped_but_never_trained_on(demo_run):
+    workdir, _ = demo_run
+    split = pd.read_csv(workdir / "results/split.tsv", sep="\t")
+    assert HE_ONLY not in set(split["sample"])
+    assert not (workdir / f"results/ssim/{HE_ONLY}.parquet").exists()
+    assert not (workdir / f"results/ground_truth/{HE_ONLY}.parquet").exists()
+    for model in ("regressor", "mil"):
+        arrays = np.load(workdir / f"results/maps/{model}/{HE_ONLY}.npz")
+        assert np.isfinite(arrays["predicted"]).sum() > 10 and np.isnan(arrays["ihc"]).all()
+        summary = pd.read_csv(workdir / f"results/maps/{model}/summary.csv")
+        assert HE_ONLY in set(summary["sample"]) and len(summary) == N_PAIRS + 1
+    assert planned_jobs(snakemake(workdir, "-n", "predict")) == {}
+
+
+@pytest.mark.slow
+def test_geojson_lines_up_with_the_tile_table(demo_run):
+    import openslide
+
+    from tumormap.export import check_geojson
+
+    workdir, _ = demo_run
+    tissue = pd.read_parquet(workdir / f"results/tissue/{HE_ONLY}.parquet")
+    collection = json.loads((workdir / f"results/maps/regressor/{HE_ONLY}.geojson").read_text())
+    width, height = openslide.OpenSlide(str(workdir / f"resources/demo/{HE_ONLY}_he.tiff")).dimensions
+    check_geojson(collection, width, height)  # within the slide, ratios in [0, 1]
+    kept = tissue[tissue["tissue_keep"]].set_index("tile_id")
+    assert len(collection["features"]) == len(kept)  # one feature per tissue tile
+    for feature in collection["features"]:
+        tile = kept.loc[feature["properties"]["tile_id"]]
+        (x0, y0), (x1, _), (_, y2) = feature["geometry"]["coordinates"][0][:3]
+        assert (x0, y0) == (tile["he_x"], tile["he_y"]) and x1 - x0 == tile["he_extent"] == y2 - y0
+
+
+@pytest.mark.slow
+def test_cli_gives_the_rules_maps(demo_run, tmp_path):
+    workdir, _ = demo_run
+    out = tmp_path / "cli"
+    proc = subprocess.run([str(Path(sys.executable).parent / "tumormap"), "predict", "--model",
+                           str(workdir / "results/models/regressor"), str(workdir / f"resources/demo/{HE_ONLY}_he.tiff"),
+                           "--out", str(out), "--config", str(workdir / "config.yaml")], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli = np.load(out / f"{HE_ONLY}_he.npz")["predicted"]
+    rule = np.load(workdir / f"results/maps/regressor/{HE_ONLY}.npz")["predicted"]
+    np.testing.assert_allclose(cli, rule, atol=1e-5, equal_nan=True)
+    assert (out / f"{HE_ONLY}_he.geojson").exists() and (out / "summary.csv").exists()
+
+
+@pytest.mark.slow
+def test_model_folder_with_a_bad_card_is_refused(demo_run, tmp_path):
+    from tumormap.predict import load_model
+
+    workdir, _ = demo_run
+    model = tmp_path / "model"
+    shutil.copytree(workdir / "results/models/regressor", model)
+    card = json.loads((model / "card.json").read_text())
+    (model / "card.json").write_text(json.dumps(dict(card, channels="rgb+he", in_channels=5)))
+    with pytest.raises(ValueError, match="model.pt does not match its card"):
+        load_model(model)
+    (model / "card.json").unlink()
+    with pytest.raises(ValueError, match="has no card.json"):
+        load_model(model)

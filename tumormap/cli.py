@@ -15,11 +15,13 @@ import yaml
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
 
-def _defaults(section: str) -> dict:
-    """A config section from the repository's config.yaml (the workflow's defaults)."""
-    if REPO_CONFIG.exists():
-        return dict(yaml.safe_load(REPO_CONFIG.read_text()).get(section) or {})
-    return {}
+def load_sections(config_path: str | Path | None = None) -> dict:
+    """tissue/stain/maps sections of a workflow config (default: the repository's config.yaml)."""
+    path = Path(config_path) if config_path else REPO_CONFIG
+    if not path.exists():
+        raise ValueError(f"config file not found: {path}")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    return {k: dict(cfg.get(k) or {}) for k in ("tissue", "stain", "maps")}
 
 
 def map_he_slide(model_dir: str, he_path: str, out_dir: str, *, sample: str | None = None,
@@ -38,9 +40,10 @@ def map_he_slide(model_dir: str, he_path: str, out_dir: str, *, sample: str | No
     from .tissue import tissue_table
     from .train import load_card
 
-    tissue_cfg = {**_defaults("tissue"), **(tissue_cfg or {})}
-    stain_cfg = {**_defaults("stain"), **(stain_cfg or {})}
-    maps_cfg = {**_defaults("maps"), **(maps_cfg or {})}
+    defaults = load_sections()
+    tissue_cfg = {**defaults["tissue"], **(tissue_cfg or {})}
+    stain_cfg = {**defaults["stain"], **(stain_cfg or {})}
+    maps_cfg = {**defaults["maps"], **(maps_cfg or {})}
     sample = sample or Path(he_path).stem
     out = Path(out_dir)
     card = load_card(model_dir)
@@ -70,9 +73,11 @@ def _predict(args) -> int:
     from .logs import setup_logging
 
     setup_logging(None)
+    sections = load_sections(args.config)
     rows = []
     for slide in args.slides:
-        rows.append(map_he_slide(args.model, slide, args.out, fallback_mpp=args.mpp))
+        rows.append(map_he_slide(args.model, slide, args.out, fallback_mpp=args.mpp, tissue_cfg=sections["tissue"],
+                                 stain_cfg=sections["stain"], maps_cfg=sections["maps"]))
         print(f"{slide}: mean tumor ratio {rows[-1]['mean_tumor_ratio']:.3f} "
               f"({rows[-1]['n_tissue_tiles']} tissue tiles) -> {args.out}", file=sys.stderr)
     write_summary_csv(rows, str(Path(args.out) / "summary.csv"))
@@ -97,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="model folder (model.pt + card.json)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides that lack one")
+    p.add_argument("--config", default=None,
+                   help="workflow config whose tissue/stain/maps settings to use (default: the repository's)")
     p.add_argument("slides", nargs="+", help="H&E slide files (any format OpenSlide reads)")
     p.set_defaults(func=_predict)
     d = sub.add_parser("demo", help="write a synthetic H&E/IHC slide pair with known tumor ratios")
