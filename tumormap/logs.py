@@ -27,7 +27,20 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> log
         previous_hook(exc_type, exc, tb)
 
     sys.excepthook = log_uncaught
+    log_job_context(logger)
     return logger
+
+
+def log_job_context(logger: logging.Logger) -> None:
+    """One line naming the SLURM job, partition and GPUs this step runs with (if any)."""
+    import os
+
+    env = os.environ
+    if "SLURM_JOB_ID" in env:
+        logger.info("SLURM job %s on %s, partition %s, %s CPUs, GPUs on node %s (CUDA_VISIBLE_DEVICES=%s)",
+                    env["SLURM_JOB_ID"], env.get("SLURMD_NODENAME", "?"), env.get("SLURM_JOB_PARTITION", "?"),
+                    env.get("SLURM_CPUS_PER_TASK", env.get("SLURM_CPUS_ON_NODE", "?")),
+                    env.get("SLURM_GPUS_ON_NODE", "0"), env.get("CUDA_VISIBLE_DEVICES", ""))
 
 
 def get_logger(name: str) -> logging.Logger:

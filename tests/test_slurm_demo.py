@@ -1,0 +1,61 @@
+"""The demo DAG through a real single-node SLURM, with the user's command (issue: SLURM GPU nodes).
+
+Runs `snakemake --profile slurm all` from the repository root (plus the CI profile's
+faster polling) on the tiny demo config, then checks that every output exists, that each
+GPU rule ran inside a SLURM job of the gpu partition with one GPU (`--gpus=1`), that
+each job's id is one Snakemake submitted, and that a second run submits nothing.
+"""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_slurm import SUBMITTED, _scontrol_job, needs_slurm
+from tests.test_workflow import HE_ONLY, N_PAIRS, tiny_config, write_workdir
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+GPU_RULES = ("train_nuclei_model", "ground_truth", "train_regressor", "train_mil", "predict_tiles")
+
+
+def run(workdir: Path, *args: str, limit_s: int = 1500) -> subprocess.CompletedProcess:
+    cmd = ["timeout", "-k", "30", str(limit_s), str(SNAKEMAKE), "--profile", "slurm", "--profile",
+           "profiles/slurm-ci", *args, "--directory", str(workdir)]
+    env = {"PATH": f"{SNAKEMAKE.parent}:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(Path.home())}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_demo_dag_runs_through_slurm_with_gpu_jobs_on_the_gpu_partition(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg["train"]["regressor"]["epochs"] = 1
+    cfg["train"]["mil"]["epochs"] = 1
+    write_workdir(tmp_path, cfg)
+    first = run(tmp_path, "all")
+    out = first.stdout + first.stderr
+    assert first.returncode == 0, out[-6000:]
+    submitted = set(SUBMITTED.findall(out))
+    assert len(submitted) >= 10, out[-3000:]
+    for path in ("results/evaluate/comparison.json", "results/maps/regressor/summary.csv",
+                 "results/maps/mil/summary.csv", f"results/maps/mil/{HE_ONLY}.geojson",
+                 *(f"results/maps/regressor/demo{i}.png" for i in range(1, N_PAIRS + 1))):
+        assert (tmp_path / path).stat().st_size > 0, path
+    logs = [tmp_path / "logs/train_nuclei_model.log", tmp_path / "logs/ground_truth/demo1.log",
+            tmp_path / "logs/train_regressor.log", tmp_path / "logs/train_mil.log",
+            tmp_path / "logs/predict_tiles/regressor/demo1.log"]
+    for log in logs:
+        m = re.search(r"SLURM job (\d+) on \S+, partition (\S+), \S+ CPUs, GPUs on node (\S+)", log.read_text())
+        assert m, f"{log} does not show a SLURM job"
+        job_id, partition, gpus = m.groups()
+        assert job_id in submitted and partition == "gpu" and gpus == "1", (log, m.groups())
+        assert "gpu:1" in _scontrol_job(job_id).get("TresPerJob", ""), job_id  # what --gpus=1 requests
+    cpu_log = (tmp_path / "logs/tissue/demo1.log").read_text()
+    m = re.search(r"SLURM job (\d+) on \S+, partition (\S+)", cpu_log)
+    assert m and m.group(2) == "cpu" and m.group(1) in submitted
+
+    second = run(tmp_path, "all", limit_s=300)
+    assert second.returncode == 0 and not SUBMITTED.findall(second.stdout + second.stderr)
+    assert "Nothing to be done" in second.stdout + second.stderr
