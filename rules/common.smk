@@ -1,6 +1,8 @@
 # Reads and checks the config and the sample sheet before any rule exists; every
 # other rule file trusts SAMPLES, config and the helpers below.
 
+import os
+
 import pandas as pd
 from snakemake.utils import validate
 
@@ -45,3 +47,28 @@ def sample_value(column, default=None):
         return default if value is None or (isinstance(value, float) and pd.isna(value)) else value
 
     return get
+
+
+def nuclei_model_input(wildcards):
+    """The model the ground truth uses: trained here (source: train) or a local folder."""
+    source = config["ground_truth"]["nuclei_model"]["source"]
+    if source == "train":
+        return "results/nuclei_model/model"
+    return [source] if os.path.exists(source) else []
+
+
+def nuclei_training_input(wildcards):
+    if config["ground_truth"]["nuclei_model"].get("train_data", "synthetic") == "synthetic":
+        return [f"{config['resources_dir']}/demo/nuclei_training.npz"]
+    return []
+
+
+def ground_truth_if_paired(wildcards):
+    if wildcards.sample in SAMPLES_PAIRED:
+        return f"results/ground_truth/{wildcards.sample}.parquet"
+    return []
+
+
+def _mnist_bags(key):
+    """Params function of the mnist_bags rule: one key of config['mnist_bags']."""
+    return lookup(dpath=f"mnist_bags/{key}", within=config)

@@ -17,7 +17,7 @@ DOWNLOAD_DIR = f"{config.get('resources_dir', 'resources')}/downloads"
 
 rule download_slide:
     output:
-        DOWNLOAD_DIR + "/{sample}/{filename}",
+        f"{DOWNLOAD_DIR}/{{sample}}/{{filename}}",
     params:
         source=lambda w: download_params(samples, w.sample, w.filename),
         settings=download_settings(DOWNLOAD_CFG),
@@ -42,6 +42,8 @@ rule samples_resolved:
         "results/samples_resolved.tsv",
     params:
         digest=sheet_digest(samples),  # reruns when the resolved sheet changes
+    log:
+        "logs/samples_resolved.log",
     localrule: True
     run:
         from tumormap.sources import write_resolved_sheet

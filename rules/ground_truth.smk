@@ -1,20 +1,6 @@
 # StarDist ground truth on the IHC: nuclei in the hematoxylin and DAB channels, tumor ratio per tile.
 
 
-def nuclei_model_input(wildcards):
-    """The model the ground truth uses: trained here (source: train) or a local folder."""
-    source = config["ground_truth"]["nuclei_model"]["source"]
-    if source == "train":
-        return rules.train_nuclei_model.output.model
-    return [source] if os.path.exists(source) else []
-
-
-def nuclei_training_input(wildcards):
-    if config["ground_truth"]["nuclei_model"].get("train_data", "synthetic") == "synthetic":
-        return [rules.demo_nuclei.output.npz]
-    return []
-
-
 rule train_nuclei_model:
     input:
         npz=nuclei_training_input,

@@ -1,9 +1,3 @@
-def ground_truth_if_paired(wildcards):
-    if wildcards.sample in SAMPLES_PAIRED:
-        return rules.ground_truth.output.table.format(sample=wildcards.sample)
-    return []
-
-
 rule tumor_map:
     input:
         predictions="results/predictions/{model}/{sample}.parquet",

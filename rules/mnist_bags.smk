@@ -1,17 +1,10 @@
 # MNIST-bag check of the distribution-pooling MIL model: `snakemake mnist_bags`.
 # Needs config/mnist_bags.yaml merged into config (configfile:).
 
-import os
-
-
-def _mnist_bags(key):
-    return lookup(dpath=f"mnist_bags/{key}", within=config)
-
-
 rule mnist_bags:
     input:
-        images=os.path.join(_mnist_bags("data_dir"), "t10k-images-idx3-ubyte.gz"),
-        labels=os.path.join(_mnist_bags("data_dir"), "t10k-labels-idx1-ubyte.gz"),
+        images=f"{config['mnist_bags']['data_dir']}/t10k-images-idx3-ubyte.gz",
+        labels=f"{config['mnist_bags']['data_dir']}/t10k-labels-idx1-ubyte.gz",
     output:
         metrics="results/mnist_bags/metrics.json",
         loss_curve="results/mnist_bags/loss_curve.png",
