@@ -111,8 +111,8 @@ def test_resnet18_extractor_channels_and_local_weights(tmp_path):
     assert torch.equal(rgb.conv1.weight, reference.conv1.weight)
     assert torch.equal(rgb.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     four = resnet18_extractor(4, 32, weights).eval()
-    expected = reference.conv1.weight.mean(dim=1, keepdim=True).repeat(1, 4, 1, 1)
-    assert torch.allclose(four.conv1.weight, expected)
+    assert torch.equal(four.conv1.weight[:, :3], reference.conv1.weight)  # RGB filters kept
+    assert torch.allclose(four.conv1.weight[:, 3:], reference.conv1.weight.mean(dim=1, keepdim=True))
     with torch.no_grad():
         assert rgb(torch.rand(2, 3, 32, 32)).shape == (2, 32)
         assert four(torch.rand(2, 4, 32, 32)).shape == (2, 32)

@@ -94,34 +94,13 @@ class DistributionPoolingMIL(nn.Module):
 
 def resnet18_extractor(in_channels: int = 3, n_features: int = 128,
                        weights_path: str | Path | None = None) -> nn.Module:
-    """torchvision ResNet-18 whose head (Linear + BatchNorm) outputs ``n_features`` raw features.
+    """ResNet18 (``tumormap.regressor.resnet18_backbone``: local weights only) whose head,
+    Linear + BatchNorm, outputs ``n_features`` raw features."""
+    from .regressor import resnet18_backbone
 
-    Random weights unless ``weights_path`` names a local torchvision resnet18 state dict
-    (never downloaded). For in_channels != 3, conv1 is rebuilt; with loaded weights its
-    filters are the mean of the RGB filters, repeated over the new channels.
-    """
-    import torchvision
-
-    net = torchvision.models.resnet18(weights=None)
-    if weights_path is not None:
-        path = Path(weights_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"resnet18 weights file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        try:
-            net.load_state_dict(state)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"{path}: not a torchvision resnet18 state dict ({err})") from err
-    if in_channels != 3:
-        old = net.conv1
-        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        if weights_path is not None:
-            with torch.no_grad():
-                net.conv1.weight.copy_(old.weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1))
+    net = resnet18_backbone(in_channels, weights_path)
     # BatchNorm after the new head: raw features start with unit spread (see small_cnn_extractor)
-    net.fc = nn.Sequential(nn.Linear(net.fc.in_features, n_features), nn.BatchNorm1d(n_features))
+    net.fc = nn.Sequential(nn.Linear(512, n_features), nn.BatchNorm1d(n_features))
     return net
 
 

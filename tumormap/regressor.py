@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 BINS = (0.0, 0.2, 0.5, 1.0)  # the original study's classes: 0–0.2, 0.2–0.5, 0.5–1
 
 
-def resnet18_backbone(in_channels: int = 3, weights_path: str | None = None) -> nn.Module:
-    """torchvision ResNet18 without its classifier (512 features). No download, ever:
-    weights come only from a local ``weights_path`` (a torchvision state dict)."""
+def resnet18_backbone(in_channels: int = 3, weights_path: str | Path | None = None) -> nn.Module:
+    """torchvision ResNet18 with ``fc`` = Identity (512 features). Random weights unless
+    ``weights_path`` names a local torchvision resnet18 state dict: nothing is downloaded.
+
+    For ``in_channels`` ≠ 3, conv1 is rebuilt: its first three input channels keep the RGB
+    filters (when weights are loaded), any further channels get their mean.
+    """
     from torchvision.models import resnet18
 
     net = resnet18(weights=None)
-    if weights_path:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
+    if weights_path is not None:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"resnet18 weights file not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            net.load_state_dict(state)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"{path}: not a torchvision resnet18 state dict ({err})") from err
     if in_channels != 3:
-        old = net.conv1
+        old = net.conv1.weight.detach()
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        with torch.no_grad():
-            net.conv1.weight[:, :3] = old.weight
-            net.conv1.weight[:, 3:] = old.weight.mean(dim=1, keepdim=True)
+        if weights_path is not None:
+            with torch.no_grad():
+                n = min(3, in_channels)
+                net.conv1.weight[:, :n] = old[:, :n]
+                net.conv1.weight[:, n:] = old.mean(dim=1, keepdim=True)
     net.fc = nn.Identity()
     return net
 
