@@ -26,6 +26,9 @@ import numpy as np
 
 from .logs import get_logger
 
+# TensorFlow (imported lazily below) logs its C++ start-up chatter unless told otherwise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 log = get_logger("nuclei")
 
 INPUT_SPEC_FILE = "tumormap_input.json"
