@@ -30,12 +30,16 @@ def tiny_config(workdir: Path) -> dict:
     return cfg
 
 
-def write_workdir(workdir: Path, cfg: dict) -> None:
+def write_workdir(workdir: Path, cfg: dict, remote: dict[str, tuple[str, str, str, str]] | None = None) -> None:
+    """Config and sheet; ``remote[sample] = (he URL, ihc URL, he md5, ihc md5)`` for served pairs."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    rows = ["sample\the\tihc\tpatient\toffset_x\toffset_y"]
+    rows = ["sample\the\tihc\tpatient\toffset_x\toffset_y\the_md5\tihc_md5"]
     for i in range(1, N_PAIRS + 1):
-        rows.append(f"demo{i}\tresources/demo/demo{i}_he.tiff\tresources/demo/demo{i}_ihc.tiff\tP{i}\t12\t-8")
-    rows.append(f"{HE_ONLY}\tresources/demo/{HE_ONLY}_he.tiff\t\tP9\t\t")  # prediction only
+        s = f"demo{i}"
+        he, ihc, he_md5, ihc_md5 = (remote or {}).get(s, (f"resources/demo/{s}_he.tiff",
+                                                          f"resources/demo/{s}_ihc.tiff", "", ""))
+        rows.append(f"{s}\t{he}\t{ihc}\tP{i}\t12\t-8\t{he_md5}\t{ihc_md5}")
+    rows.append(f"{HE_ONLY}\tresources/demo/{HE_ONLY}_he.tiff\t\tP9\t\t\t\t")  # prediction only
     (workdir / "samples.tsv").write_text("\n".join(rows) + "\n")
 
 
@@ -58,13 +62,36 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
             if m.group(1) != "total"}
 
 
+def truth_path(workdir: Path, sample: str) -> Path:
+    served = workdir.parent / "served" / f"{sample}_truth.parquet"
+    return served if served.exists() else workdir / f"resources/demo/{sample}_truth.parquet"
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("demo")
+    """The tiny demo through the whole DAG; demo2's slides come from a loopback HTTP server."""
+    import hashlib
+
+    from tests.http_server import SlideServer
+    from tumormap.demo import make_demo_pair
+
+    base = tmp_path_factory.mktemp("demo")
+    workdir, served = base / "work", base / "served"
+    workdir.mkdir()
+    served.mkdir()
+    make_demo_pair(str(served / "demo2_he.tiff"), str(served / "demo2_ihc.tiff"), str(served / "demo2_truth.parquet"),
+                   seed=202, size_px=3072, region_px=1024)
     cfg = tiny_config(workdir)
-    write_workdir(workdir, cfg)
-    snakemake(workdir, "all")
-    return workdir, cfg
+    with SlideServer() as server:
+        urls, md5s = [], []
+        for name in ("demo2_he.tiff", "demo2_ihc.tiff"):
+            data = (served / name).read_bytes()
+            server.add_file(name, data)
+            urls.append(server.file_url(name))
+            md5s.append(hashlib.md5(data).hexdigest())
+        write_workdir(workdir, cfg, remote={"demo2": (*urls, *md5s)})
+        snakemake(workdir, "all")
+        yield workdir, cfg
 
 
 @pytest.mark.slow
@@ -82,6 +109,9 @@ def test_every_output_exists_and_is_sane(demo_run):
                  "results/models/regressor/loss_curve.png", "results/evaluate/regressor/metrics.json",
                  "results/evaluate/comparison.json", "results/split.tsv"):
         assert (workdir / path).stat().st_size > 0, path
+    downloaded = workdir / "resources/downloads/demo2/demo2_he.tiff"
+    assert downloaded.read_bytes() == (workdir.parent / "served/demo2_he.tiff").read_bytes()
+    assert "md5" in (workdir / "logs/download/demo2/demo2_he.tiff.log").read_text()
     metrics = json.loads((workdir / "results/evaluate/regressor/metrics.json").read_text())
     assert metrics["n"] > 0 and 0 <= metrics["mae"] <= 1
     tissue = pd.read_parquet(workdir / "results/tissue/demo1.parquet")
@@ -98,7 +128,7 @@ def test_ground_truth_recovers_the_synthetic_regions(demo_run):
     workdir, _ = demo_run
     errors = []
     for i in range(1, N_PAIRS + 1):
-        truth = pd.read_parquet(workdir / f"resources/demo/demo{i}_truth.parquet")
+        truth = pd.read_parquet(truth_path(workdir, f"demo{i}"))
         tiles = pd.read_parquet(workdir / f"results/ssim/demo{i}.parquet")
         gt = pd.read_parquet(workdir / f"results/ground_truth/demo{i}.parquet").merge(tiles, on=["sample", "tile_id"])
         for region in truth[(~truth["torn"]) & (truth["tissue_fraction"] > 0.5)].itertuples():
