@@ -12,9 +12,9 @@ rule predict_tiles:
     resources:
         gpu=1,
     log:
-        "logs/predict/{model}/{sample}.log",
+        "logs/predict_tiles/{model}/{sample}.log",
     benchmark:
-        "benchmarks/predict/{model}/{sample}.tsv"
+        "benchmarks/predict_tiles/{model}/{sample}.tsv"
     message:
         "Predicting tumor ratio with {wildcards.model} on {wildcards.sample}"
     conda:
