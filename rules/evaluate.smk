@@ -38,6 +38,8 @@ rule evaluate:
         ),
     log:
         "logs/evaluate/{model}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}.tsv"
     message:
         "Evaluating {wildcards.model} on the test split"
     conda:
@@ -59,6 +61,8 @@ rule compare_models:
         models=MODELS,
     log:
         "logs/compare_models.log",
+    benchmark:
+        "benchmarks/compare_models.tsv"
     message:
         "Comparing models on the test split"
     conda:

@@ -45,6 +45,8 @@ rule map_summary:
         cfg=lookup(dpath="maps", within=config),
     log:
         "logs/map_summary/{model}.log",
+    benchmark:
+        "benchmarks/map_summary/{model}.tsv"
     message:
         "Per-slide tumor-ratio summary of {wildcards.model}"
     conda:

@@ -7,6 +7,8 @@ rule split:
         cfg=lookup(dpath="split", within=config),
     log:
         "logs/split.log",
+    benchmark:
+        "benchmarks/split.tsv"
     message:
         "Splitting samples into train/val/test by patient"
     conda:
@@ -24,6 +26,8 @@ rule dataset:
         table="results/dataset.parquet",
     log:
         "logs/dataset.log",
+    benchmark:
+        "benchmarks/dataset.tsv"
     message:
         "Joining ground truth and split into the training table"
     conda:

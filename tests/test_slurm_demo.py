@@ -53,9 +53,32 @@ def test_demo_dag_runs_through_slurm_with_gpu_jobs_on_the_gpu_partition(tmp_path
         assert job_id in submitted and partition == "gpu" and gpus == "1", (log, m.groups())
         assert "gpu:1" in _scontrol_job(job_id).get("TresPerJob", ""), job_id  # what --gpus=1 requests
     cpu_log = (tmp_path / "logs/tissue/demo1.log").read_text()
-    m = re.search(r"SLURM job (\d+) on \S+, partition (\S+)", cpu_log)
+    m = re.search(r"SLURM job (\d+) on \S+, partition ([^,\s]+)", cpu_log)
     assert m and m.group(2) == "cpu" and m.group(1) in submitted
 
     second = run(tmp_path, "all", limit_s=300)
     assert second.returncode == 0 and not SUBMITTED.findall(second.stdout + second.stderr)
     assert "Nothing to be done" in second.stdout + second.stderr
+
+
+@needs_slurm
+def test_failing_slurm_job_names_its_log_and_keep_going_finishes_the_rest(tmp_path):
+    from tumormap.demo import make_demo_pair
+
+    make_demo_pair(str(tmp_path / "good_he.tiff"), str(tmp_path / "good_ihc.tiff"), str(tmp_path / "t.parquet"),
+                   seed=2, size_px=1024, region_px=512)
+    (tmp_path / "corrupt_he.svs").write_bytes(b"II*\x00" + b"\x00" * 4096)  # a TIFF header and nothing else
+    (tmp_path / "samples.tsv").write_text("sample\the\tihc\ngood\tgood_he.tiff\tgood_ihc.tiff\n"
+                                          "corrupt\tcorrupt_he.svs\tgood_ihc.tiff\n")
+    cfg = tiny_config(tmp_path)
+    (tmp_path / "config.yaml").write_text(__import__("yaml").safe_dump(cfg))
+    proc = run(tmp_path, "results/tissue/good.parquet", "results/tissue/corrupt.parquet", limit_s=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert (tmp_path / "results/tissue/good.parquet").exists()  # keep-going (the user profile) finished it
+    assert not (tmp_path / "results/tiles/corrupt.parquet").exists()
+    logs = re.findall(r"\S*\.snakemake/slurm_logs/\S+\.log", out)
+    assert logs, out[-3000:]  # the failure names the SLURM job's log...
+    text = "\n".join(Path(p if Path(p).is_absolute() else tmp_path / p).read_text() for p in logs
+                     if Path(p if Path(p).is_absolute() else tmp_path / p).exists())
+    assert "sample corrupt: cannot open corrupt_he.svs as a slide" in text  # ...which says why
