@@ -43,13 +43,9 @@ def main() -> None:
 
     slide = args.slide
     if slide is None:
-        from tumormap.demo import make_demo_pair
+        from demo_slide import demo_slide
 
-        cache = Path(__file__).parent / ".cache"
-        slide = str(cache / "bench_he.tiff")
-        if not Path(slide).exists():
-            cache.mkdir(exist_ok=True)
-            make_demo_pair(slide, str(cache / "bench_ihc.tiff"), str(cache / "bench_truth.parquet"), seed=1)
+        slide = demo_slide()
     table = tile_grid(slide, None, "bench", target_mpp=args.mpp, tile_px=args.tile_px)
     rows = table.sample(min(args.n, len(table)), random_state=0).to_dict("records")
     level, read_px = int(rows[0]["he_level"]), int(rows[0]["he_read_px"])
@@ -67,7 +63,7 @@ def main() -> None:
         results["tiffslide"] = rate(lambda r: tsl.read_region((int(r["he_x"]), int(r["he_y"])), level,
                                                               (read_px, read_px), as_array=True), rows)
     t0 = time.perf_counter()
-    store_path = Path(__file__).parent / ".cache" / "store.u8"
+    store_path = Path(__file__).parent / ".cache" / "store.npy"
     store_path.parent.mkdir(exist_ok=True)
     store = np.lib.format.open_memmap(store_path, mode="w+", dtype=np.uint8,
                                       shape=(len(rows), args.tile_px, args.tile_px, 3))

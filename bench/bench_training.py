@@ -162,13 +162,9 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     slide = args.slide
     if slide is None:
-        from tumormap.demo import make_demo_pair
+        from demo_slide import demo_slide
 
-        cache = Path(__file__).parent / ".cache"
-        slide = str(cache / "bench_he.tiff")
-        if not Path(slide).exists():
-            cache.mkdir(exist_ok=True)
-            make_demo_pair(slide, str(cache / "bench_ihc.tiff"), str(cache / "bench_truth.parquet"), seed=1)
+        slide = demo_slide()
     stain = json.loads(Path(args.stain).read_text()) if args.stain else reference_stain()
     target = reference_stain()
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
