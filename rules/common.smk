@@ -2,6 +2,7 @@
 # other rule file trusts SAMPLES, config and the helpers below.
 
 import os
+import re
 
 import pandas as pd
 from snakemake.utils import validate
@@ -25,8 +26,8 @@ MODELS = list(config["train"]["models"])
 
 
 wildcard_constraints:
-    sample="|".join(SAMPLES_ALL) or "NO_SAMPLES",
-    model="|".join(MODELS),
+    sample="|".join(map(re.escape, SAMPLES_ALL)) or "NO_SAMPLES",
+    model="|".join(map(re.escape, MODELS)),
 
 
 def slide_path(stain):
@@ -35,16 +36,6 @@ def slide_path(stain):
     def get(wildcards):
         path = samples.at[wildcards.sample, stain]
         return [path] if isinstance(path, str) and path else []
-
-    return get
-
-
-def sample_value(column, default=None):
-    """Params function: one sample-sheet cell (None where blank)."""
-
-    def get(wildcards):
-        value = samples.at[wildcards.sample, column]
-        return default if value is None or (isinstance(value, float) and pd.isna(value)) else value
 
     return get
 
