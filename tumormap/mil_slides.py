@@ -191,22 +191,15 @@ def train_mil(dataset_table: pd.DataFrame, slide_paths: dict[str, str], stains: 
 def mil_tile_map(model, card: dict, tissue: pd.DataFrame, he_path: str, stain: dict, *, sample: str,
                  batch_size: int = 32, workers: int = 2, progress: bool = False) -> np.ndarray:
     """Per-tile purity: the model on the bag of each tile's ``map_k`` nearest tissue tiles."""
-    from .tile_data import BatchTransform, TileDataset, make_loader
+    from .predict import slide_batches
     from .train import autocast
 
     device = next(model.parameters()).device
-    transform = BatchTransform([stain], card["stain"]["target"], card["channels"]).to(device)
-    loader = make_loader(TileDataset(tissue, {sample: he_path}, card["input_px"], target=None),
-                         batch_size=batch_size, shuffle=False, workers=workers, seed=0,
-                         pin_memory=device.type == "cuda")
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc=f"{sample}: tile features", unit="batch")
     feats, t0 = [], time.time()
-    for images, _, idx in loader:
+    for x in slide_batches(card, tissue, he_path, stain, sample=sample, device=device, batch_size=batch_size,
+                           workers=workers, progress=progress, what="tile features"):
         with autocast(device):
-            feats.append(model.instance_features(transform(images.to(device), idx.to(device))).float())
+            feats.append(model.instance_features(x).float())
     features = torch.cat(feats)
     neighbours = torch.as_tensor(nearest_tiles(tissue["row"].to_numpy(), tissue["col"].to_numpy(), card["map_k"]),
                                  device=device)

@@ -46,12 +46,29 @@ def check_resolution(card: dict, tiles: pd.DataFrame, sample: str) -> None:
                          f"{card['tile_px']} px at {card['input_mpp']} µm/px: re-tile with those values")
 
 
+def slide_batches(card: dict, tissue: pd.DataFrame, he_path: str, stain: dict, *, sample: str, device,
+                  batch_size: int, workers: int, progress: bool, what: str):
+    """Normalised batches (on ``device``) of a slide's tissue tiles, in table order, as the card says."""
+    from .tile_data import BatchTransform, TileDataset, make_loader
+
+    transform = BatchTransform([stain], card["stain"]["target"], card["channels"]).to(device)
+    loader = make_loader(TileDataset(tissue, {sample: he_path}, card["input_px"], target=None),
+                         batch_size=batch_size, shuffle=False, workers=workers, seed=0,
+                         pin_memory=device.type == "cuda")
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=f"{sample}: {what}", unit="batch")
+    for k, (images, _, idx) in enumerate(loader):
+        yield transform(images.to(device, non_blocking=True), idx.to(device, non_blocking=True))
+        if (k + 1) % 20 == 0:
+            log.info("sample %s: %s, %d/%d tiles", sample, what, min((k + 1) * batch_size, len(tissue)), len(tissue))
+
+
 @torch.no_grad()
 def predict_slide(model, card: dict, tiles: pd.DataFrame, he_path: str, stain: dict, *, sample: str,
                   batch_size: int = 32, workers: int = 2, progress: bool = False) -> pd.DataFrame:
     """``sample, tile_id, row, col, he_x, he_y, he_extent, predicted_ratio`` for the tissue tiles."""
-    from .tile_data import BatchTransform, TileDataset, make_loader
-
     tissue = tiles[tiles["tissue_keep"]].reset_index(drop=True)
     out = tissue[["sample", "tile_id", "row", "col", "he_x", "he_y", "he_extent"]].copy()
     if tissue.empty:
@@ -65,21 +82,11 @@ def predict_slide(model, card: dict, tiles: pd.DataFrame, he_path: str, stain: d
                                               batch_size=batch_size, workers=workers, progress=progress)
         return out
     device = next(model.parameters()).device
-    transform = BatchTransform([stain], card["stain"]["target"], card["channels"]).to(device)
-    loader = make_loader(TileDataset(tissue, {sample: he_path}, card["input_px"], target=None),
-                         batch_size=batch_size, shuffle=False, workers=workers, seed=0,
-                         pin_memory=device.type == "cuda")
     preds, t0 = [], time.time()
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc=f"{sample}: predicting", unit="batch")
-    for k, (images, _, idx) in enumerate(loader):
-        x = transform(images.to(device, non_blocking=True), idx.to(device))
+    for x in slide_batches(card, tissue, he_path, stain, sample=sample, device=device, batch_size=batch_size,
+                           workers=workers, progress=progress, what="predicting"):
         with autocast(device):
             preds.append(model(x)["ratio"].float().cpu().numpy())
-        if (k + 1) % 20 == 0:
-            log.info("sample %s: %d/%d tiles predicted", sample, min((k + 1) * batch_size, len(tissue)), len(tissue))
     out["predicted_ratio"] = np.concatenate(preds).astype(np.float32)
     log.info("sample %s: %d tiles predicted in %.1f s", sample, len(out), time.time() - t0)
     return out
