@@ -57,6 +57,7 @@ class BagDataset(Dataset):
     def __init__(self, table: pd.DataFrame, slide_paths: dict[str, str], input_px: int, bag_size: int,
                  bags_per_sample: int, samples: list[str], seed: int, purity: dict[str, float] | None = None):
         self.by_sample = {s: g.reset_index(drop=True) for s, g in table.groupby("sample")}
+        self.records = {s: g.to_dict("records") for s, g in self.by_sample.items()}  # no Series per tile read
         self.readers = {s: TileReader(slide_paths[s], "he", s) for s in self.by_sample}
         self.neighbours = {s: nearest_tiles(g["row"].to_numpy(), g["col"].to_numpy(), bag_size)
                            for s, g in self.by_sample.items()}
@@ -82,8 +83,8 @@ class BagDataset(Dataset):
 
     def __getitem__(self, i: int):
         s, idx, label = self.bags[i]
-        g = self.by_sample[s]
-        tiles = np.stack([self.readers[s].read(g.iloc[j], self.input_px) for j in idx])
+        records = self.records[s]
+        tiles = np.stack([self.readers[s].read(records[j], self.input_px) for j in idx])
         return torch.from_numpy(tiles), np.float32(label), self.sample_index[s]
 
 
