@@ -15,15 +15,18 @@ configfile: os.path.join(workflow.basedir, "config/mnist_bags.yaml")  # the MNIS
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/download.smk"
+include: "rules/registration.smk"
 include: "rules/tiling.smk"
 include: "rules/tissue.smk"
 include: "rules/ssim.smk"
+include: "rules/ihc_calibration.smk"
 include: "rules/ground_truth.smk"
 include: "rules/stain.smk"
 include: "rules/split.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/maps.smk"
+include: "rules/qc.smk"
 include: "rules/mnist_bags.smk"
 
 
@@ -40,4 +43,5 @@ rule all:
         summary=expand("results/maps/{model}/summary.csv", model=MODELS),
         qc=expand("results/ground_truth/{sample}.qc.png", sample=SAMPLES_PAIRED),
         sheet="results/samples_resolved.tsv",
+        sample_qc="results/qc/samples.tsv",
     default_target: True

@@ -58,7 +58,7 @@ def timed(step, n_steps: int, warmup: int, device) -> float:
 
 
 def bench_regressor(args, slide, stain, target, size, device) -> dict:
-    from tumormap.regressor import TumorRatioRegressor
+    from tumormap.models.regressor import TumorRatioRegressor
     from tumormap.tile_data import BatchTransform, TileDataset, make_loader
     from tumormap.train import autocast
 
@@ -100,7 +100,7 @@ def bench_mil(args, slide, stain, target, size, device) -> dict:
     from torch.utils.data import DataLoader
 
     from tumormap.mil import DistributionPoolingMIL, resnet18_extractor
-    from tumormap.mil_slides import BagDataset, _bags_to_batch
+    from tumormap.models.mil import BagDataset, bags_to_batch as _bags_to_batch
     from tumormap.train import autocast
 
     bag = args.bag_size

@@ -12,6 +12,7 @@ rule demo_pair:
         mpp=lookup(dpath="demo/mpp", within=config),
         region_px=lookup(dpath="demo/region_px", within=config),
         seed=lookup(dpath="demo/seed", within=config),
+        ihc_warp=lambda wc: config["demo"].get("ihc_warp"),
     log:
         "logs/demo_pair/{pair}.log",
     benchmark:

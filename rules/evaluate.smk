@@ -7,8 +7,7 @@ rule predict_tiles:
         he=slide_path("he"),
     output:
         table="results/predictions/{model}/{sample}.parquet",
-    params:
-        cfg=lookup(dpath="maps", within=config),
+    threads: model_threads
     resources:
         gpu=1,
     log:
@@ -25,9 +24,9 @@ rule predict_tiles:
 
 rule evaluate:
     input:
-        predictions=expand("results/predictions/{{model}}/{sample}.parquet", sample=SAMPLES_PAIRED),
-        ground_truth=expand(rules.ground_truth.output.table, sample=SAMPLES_PAIRED),
-        split=rules.split.output.table,
+        usable_split,
+        predictions=expand("results/predictions/{{model}}/{sample}.parquet", sample=TEST_PAIRED),
+        ground_truth=expand(rules.ground_truth.output.table, sample=TEST_PAIRED),
     output:
         metrics="results/evaluate/{model}/metrics.json",
         plot=report(
@@ -36,6 +35,8 @@ rule evaluate:
             category="Evaluation",
             subcategory="{model}",
         ),
+    params:
+        test_samples=TEST_PAIRED,
     log:
         "logs/evaluate/{model}.log",
     benchmark:

@@ -16,7 +16,8 @@ rule tumor_map:
         agreement="results/maps/{model}/{sample}.json",
         geojson="results/maps/{model}/{sample}.geojson",
     params:
-        cfg=lookup(dpath="maps", within=config),
+        thumbnail_px=lookup(dpath="maps/thumbnail_px", within=config),
+        tumor_threshold=lookup(dpath="maps/tumor_threshold", within=config),
     log:
         "logs/tumor_map/{model}/{sample}.log",
     benchmark:
@@ -42,7 +43,7 @@ rule map_summary:
         ),
     params:
         samples=SAMPLES_ALL,
-        cfg=lookup(dpath="maps", within=config),
+        tumor_threshold=lookup(dpath="maps/tumor_threshold", within=config),
     log:
         "logs/map_summary/{model}.log",
     benchmark:

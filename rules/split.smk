@@ -1,16 +1,17 @@
 rule split:
+    input:
+        usable_split,
     output:
         table="results/split.tsv",
     params:
-        samples=SAMPLES_PAIRED,
-        patients=[samples.at[s, "patient"] for s in SAMPLES_PAIRED],
-        cfg=lookup(dpath="split", within=config),
+        split=SPLIT,  # computed from the sheet in rules/common.smk (tumormap.split.split_samples)
+        patients={s: samples.at[s, "patient"] for s in SAMPLES_SPLIT},
     log:
         "logs/split.log",
     benchmark:
         "benchmarks/split.tsv"
     message:
-        "Splitting samples into train/val/test by patient"
+        "Writing the train/val/test split by patient"
     conda:
         "../envs/slides.yaml"
     script:
@@ -18,18 +19,25 @@ rule split:
 
 
 rule dataset:
+    """The training table of the train/val samples only: a test slide never retrains a model."""
     input:
-        ground_truth=expand(rules.ground_truth.output.table, sample=SAMPLES_PAIRED),
-        tiles=expand(rules.ssim.output.table, sample=SAMPLES_PAIRED),
-        split=rules.split.output.table,
+        usable_split,
+        tiles=[tile_table(s) for s in TRAIN_VAL],
+        ground_truth=expand(rules.ground_truth.output.table, sample=TRAIN_VAL_PAIRED),
     output:
         table="results/dataset.parquet",
+    params:
+        samples=TRAIN_VAL,
+        paired=TRAIN_VAL_PAIRED,
+        split={s: SPLIT[s] for s in TRAIN_VAL},
+        labels={s: samples.at[s, "label"] for s in TRAIN_VAL if isinstance(samples.at[s, "label"], str)},
+        purity={s: float(samples.at[s, "purity"]) for s in TRAIN_VAL if pd.notna(samples.at[s, "purity"])},
     log:
         "logs/dataset.log",
     benchmark:
         "benchmarks/dataset.tsv"
     message:
-        "Joining ground truth and split into the training table"
+        "Joining tiles, ground truth and split of the train/val samples"
     conda:
         "../envs/slides.yaml"
     script:

@@ -5,6 +5,7 @@ rule ssim:
         ihc=slide_path("ihc"),
     output:
         table="results/ssim/{sample}.parquet",
+        record="results/qc/ssim/{sample}.json",
     params:
         cfg=lookup(dpath="ssim", within=config),
     log:

@@ -4,6 +4,7 @@ rule stain:
         he=slide_path("he"),
     output:
         stain="results/stain/{sample}.json",
+        record="results/qc/stain/{sample}.json",
     params:
         cfg=lookup(dpath="stain", within=config),
     log:

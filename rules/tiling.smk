@@ -2,8 +2,10 @@ rule tile:
     input:
         he=slide_path("he"),
         ihc=slide_path("ihc"),
+        transform=registration_input,
     output:
         table="results/tiles/{sample}.parquet",
+        record="results/qc/tile/{sample}.json",
     params:
         mpp=lookup(dpath="tile/mpp", within=config),
         tile_px=lookup(dpath="tile/tile_px", within=config),

@@ -5,6 +5,7 @@ rule tissue:
         ihc=slide_path("ihc"),
     output:
         table="results/tissue/{sample}.parquet",
+        record="results/qc/tissue/{sample}.json",
     params:
         cfg=lookup(dpath="tissue", within=config),
     log:

@@ -1,73 +1,41 @@
-# One GPU job per model kind; each writes a self-describing model folder
-# results/models/<kind>/{model.pt, card.json}.
+# One GPU job per model NAME of train.models; the entry's `kind` picks the module
+# (tumormap/models/<kind>.py). Each writes a self-describing model folder
+# results/models/<name>/{model.pt, card.json}. Inputs are the train/val samples only.
 
 
-rule train_regressor:
+rule train_model:
     input:
         dataset=rules.dataset.output.table,
-        stains=expand(rules.stain.output.stain, sample=SAMPLES_PAIRED),
-        slides=[samples.at[s, "he"] for s in SAMPLES_PAIRED],
+        stains=expand(rules.stain.output.stain, sample=TRAIN_VAL),
+        slides=[samples.at[s, "he"] for s in TRAIN_VAL],
+        target=stain_target_input,
+        split=ancient(rules.split.output.table),  # for the card's test list; never a retrain by itself
     output:
-        model="results/models/regressor/model.pt",
-        card="results/models/regressor/card.json",
-        history="results/models/regressor/history.csv",
+        model="results/models/{model}/model.pt",
+        card="results/models/{model}/card.json",
+        history="results/models/{model}/history.csv",
         curve=report(
-            "results/models/regressor/loss_curve.png",
+            "results/models/{model}/loss_curve.png",
             caption="../report/loss_curve.rst",
             category="Training",
-            subcategory="regressor",
+            subcategory="{model}",
         ),
     params:
-        cfg=lookup(dpath="train/regressor", within=config),
-        stain_target=lookup(dpath="stain/target", within=config),
-        tile=lookup(dpath="tile", within=config),
-        samples=SAMPLES_PAIRED,
-        checkpoint_dir="results/checkpoints/regressor",
+        options=lambda wc: model_options(wc.model),
+        tile_mpp=lookup(dpath="tile/mpp", within=config),
+        tile_px=lookup(dpath="tile/tile_px", within=config),
+        samples=TRAIN_VAL,
+        checkpoint_dir=lambda wc: f"results/checkpoints/{wc.model}",
+    threads: model_threads
     resources:
         gpu=1,
     log:
-        "logs/train_regressor.log",
+        "logs/train_model/{model}.log",
     benchmark:
-        "benchmarks/train_regressor.tsv"
+        "benchmarks/train_model/{model}.tsv"
     message:
-        "Training the ResNet18 tile regressor"
+        "Training model {wildcards.model}"
     conda:
         "../envs/torch.yaml"
     script:
-        "../workflow_scripts/train_regressor.py"
-
-
-rule train_mil:
-    input:
-        dataset=rules.dataset.output.table,
-        stains=expand(rules.stain.output.stain, sample=SAMPLES_PAIRED),
-        slides=[samples.at[s, "he"] for s in SAMPLES_PAIRED],
-    output:
-        model="results/models/mil/model.pt",
-        card="results/models/mil/card.json",
-        history="results/models/mil/history.csv",
-        curve=report(
-            "results/models/mil/loss_curve.png",
-            caption="../report/loss_curve.rst",
-            category="Training",
-            subcategory="mil",
-        ),
-    params:
-        cfg=lookup(dpath="train/mil", within=config),
-        stain_target=lookup(dpath="stain/target", within=config),
-        tile=lookup(dpath="tile", within=config),
-        samples=SAMPLES_PAIRED,
-        purity={s: float(samples.at[s, "purity"]) for s in SAMPLES_PAIRED if pd.notna(samples.at[s, "purity"])},
-        checkpoint_dir="results/checkpoints/mil",
-    resources:
-        gpu=1,
-    log:
-        "logs/train_mil.log",
-    benchmark:
-        "benchmarks/train_mil.tsv"
-    message:
-        "Training the MIL model with distribution pooling"
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../workflow_scripts/train_mil.py"
+        "../workflow_scripts/train_model.py"

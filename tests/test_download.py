@@ -16,7 +16,7 @@ import requests
 
 from http_server import SlideServer
 from tumormap.download import ChecksumError, DownloadError, download, download_settings, part_path
-from tumormap.sources import download_params, remote_slides, resolve_sheet, write_resolved_sheet
+from tumormap.sources import download_params, pair_record_files, remote_slides, resolve_sheet, write_resolved_sheet
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 300_000  # bytes per test file
@@ -349,3 +349,33 @@ def test_snakemake_rule_downloads_with_resource_cap(tmp_path):
     spans = sorted((r["t0"], r["t1"]) for r in srv.requests if r["name"])
     assert len(spans) == 5
     assert all(end <= nxt_start for (_, end), (nxt_start, _) in zip(spans, spans[1:])), spans
+
+
+@pytest.mark.timeout(30)
+def test_zenodo_pattern_patient_group_sets_patient(tmp_path):
+    """`(?P<patient>...)` in the pattern: both slides of a sample give its patient; a sheet row keeps its own."""
+    names = ["C7-1_HE.tiff", "C7-1_Ki67.tiff", "C7-2_HE.tiff", "C7-2_Ki67.tiff", "C9-1_HE.tiff", "C9-1_Ki67.tiff"]
+    pattern = r"(?P<sample>(?P<patient>C\d+)-\d)_(?P<stain>HE|Ki67)\.tiff"
+    stains = {"he": "HE", "ihc": "Ki67"}
+    with SlideServer() as srv:
+        for seed, name in enumerate(names, start=30):
+            srv.add_file(name, payload(seed, 1000))
+        srv.add_record(77, names)
+        cfg = {"zenodo_api": srv.api_url, "zenodo": {"record": 77, "pattern": pattern, "stains": stains}}
+        sheet = resolve_sheet(None, cfg, str(tmp_path)).set_index("sample")
+        assert sheet["patient"].to_dict() == {"C7-1": "C7", "C7-2": "C7", "C9-1": "C9"}
+        # a sheet selecting samples: a blank patient (the sheet reader fills in the sample) takes the group
+        selected = pd.DataFrame({"sample": ["C7-2", "C9-1"], "patient": ["C7-2", "mine"]})
+        out = resolve_sheet(selected, cfg, str(tmp_path)).set_index("sample")
+        assert out["patient"].to_dict() == {"C7-2": "C7", "C9-1": "mine"}
+        # exclude works on record samples too
+        assert list(resolve_sheet(None, cfg, str(tmp_path), exclude=["C7-1"])["sample"]) == ["C7-2", "C9-1"]
+    # the split then keeps both C7 samples together
+    from tumormap.split import split_samples
+
+    split = split_samples(sheet.reset_index()[["sample", "patient"]], {"train": 0.5, "val": 0.25, "test": 0.25},
+                          seed=0, require=())
+    assert split.groupby("patient")["split"].nunique().max() == 1
+    with pytest.raises(ValueError, match="two patients"):
+        pair_record_files({"A_p1_HE.tiff": {}, "A_p2_Ki67.tiff": {}},
+                          r"(?P<sample>[A-Z])_(?P<patient>p\d)_(?P<stain>HE|Ki67)\.tiff", stains, "77")

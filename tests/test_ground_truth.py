@@ -166,23 +166,30 @@ def test_ground_truth_table_reads_kept_tiles_and_writes_qc(model, tmp_path):
 
 
 # ---------------------------------------------------------------------------- real Ki67 fields
-# |workflow − mask| positive fraction by area with the shipped model and default config.
-# Measured: mean_dab +0.026 (Bladder1), -0.048 (Lung1); dab_segmentation +0.009/+0.030
-# (Bladder1, by formula) but -0.12/-0.14 on Lung1, whose pale granular Ki67 nuclei the DAB
-# channel under-segments: the goal (0.05) holds for mean_dab only, hence its default.
-# dab_threshold and od_max were chosen on these two fields: the errors are in-sample.
+# |workflow − mask| positive fraction by area with the shipped model (scanner-augmented,
+# bench/nuclei_augment.py), as scanned (fixed vectors and OD ranges) and calibrated on the field
+# itself (tumormap.ihc_stain, the workflow's default). Measured (bench/bench_scanner.py):
+# mean_dab as scanned +0.010 (Bladder1), -0.030 (Lung1); calibrated +0.044, -0.034.
+# dab_segmentation +0.029/+0.017 and +0.024/+0.014 (Bladder1, by formula) but -0.10 to -0.12 on
+# Lung1, whose pale granular Ki67 nuclei the DAB channel under-segments: the goal (0.05) holds
+# for mean_dab only, hence its default. dab_threshold, od_max and the calibration's reference
+# nuclear hematoxylin were chosen on these two fields: the errors are in-sample.
 DEEPLIIF_TOLERANCE = {("Bladder1", "mean_dab"): 0.05, ("Lung1", "mean_dab"): 0.05,
-                      ("Bladder1", "dab_segmentation"): 0.04, ("Lung1", "dab_segmentation"): 0.16}
+                      ("Bladder1", "dab_segmentation"): 0.04, ("Lung1", "dab_segmentation"): 0.13}
 
 
+@pytest.mark.parametrize("calibrated", [False, True], ids=["as_scanned", "calibrated"])
 @pytest.mark.parametrize("name", ["Bladder1", "Lung1"])
-def test_deepliif_ratio_matches_the_mask(model, name):
+def test_deepliif_ratio_matches_the_mask(model, name, calibrated):
+    from tumormap.ihc_stain import estimate_ihc_calibration
+
     t = gt.read_deepliif(shared_data("ki67", "deepliif", f"{name}.png"))
     counts = {"Bladder1": (15, 173), "Lung1": (11, 50)}[name]
     assert t["n_positive"] == counts[0] and abs(t["n_negative"] - counts[1]) <= 6  # small blobs dropped
+    params = dict(ihc_calibration=estimate_ihc_calibration([t["ihc"]]) if calibrated else None)
     for positivity in gt.POSITIVITY:
         for formula in gt.FORMULAS:
-            row = gt.measure_tiles([t["ihc"]], model, mpp=0.25, positivity=positivity, formula=formula)[0][0]
+            row = gt.measure_tiles([t["ihc"]], model, mpp=0.25, positivity=positivity, formula=formula,
+                                   params=params)[0][0]
             err = abs(row["tumor_ratio"] - t["area_fraction"])
             assert err <= DEEPLIIF_TOLERANCE[name, positivity], (positivity, formula, row, t["area_fraction"])
-

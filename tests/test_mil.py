@@ -75,7 +75,6 @@ def test_model_is_permutation_invariant_and_in_unit_range():
         out = model(bags)
         shuffled = model(bags[:, torch.randperm(12)])
     assert out.shape == (2,)
-    assert bool(((out > 0) & (out < 1)).all())
     assert torch.allclose(out, shuffled, atol=1e-6)
     # and it is not constant: different bags give different ratios
     assert abs(float(out[0] - out[1])) > 0
@@ -88,6 +87,13 @@ def test_model_mask_equals_shorter_bag():
     mask = torch.tensor([[True] * 9 + [False] * 3])
     with torch.no_grad():
         assert torch.allclose(model(padded, mask), model(bags), atol=1e-6)
+
+
+def test_untrained_mnist_features_spread_over_the_unit_interval():
+    torch.manual_seed(0)
+    with torch.no_grad():
+        feats = torch.sigmoid(small_cnn_extractor(16).train()(torch.rand(64, 1, 28, 28)))
+    assert float(feats.std(dim=0).mean()) > 0.1
 
 
 def test_gradients_reach_extractor_and_regressor():
@@ -121,14 +127,48 @@ def test_resnet18_extractor_channels_and_local_weights(tmp_path):
         resnet18_extractor(3, 32, tmp_path / "missing.pt")
 
 
-@pytest.mark.parametrize("make, shape", [(lambda: small_cnn_extractor(16), (64, 1, 28, 28)),
-                                         (lambda: resnet18_extractor(3, 16), (64, 3, 32, 32))])
-def test_untrained_features_spread_over_the_unit_interval(make, shape):
+@pytest.mark.parametrize("make, shape", [(lambda: resnet18_extractor(3, 16), (64, 3, 32, 32))])
+def test_calibrated_untrained_features_spread_over_the_unit_interval(make, shape):
     # features squashed into one kernel width would make every bag's density the same
     torch.manual_seed(0)
+    model = DistributionPoolingMIL(make(), n_features=16)
+    x = torch.rand(shape)
     with torch.no_grad():
-        feats = torch.sigmoid(make().train()(torch.rand(shape)))
+        before = model.instance_features(x)
+        model.calibrate(x)
+        feats = model.train().instance_features(x)
+    assert float(before.std(dim=0).mean()) < 0.1  # uncalibrated: all in the middle bins
     assert float(feats.std(dim=0).mean()) > 0.1
+
+
+@pytest.mark.parametrize("make, shape", [(lambda: resnet18_extractor(3, 16), (3, 32, 32))])
+def test_a_bags_features_do_not_depend_on_its_batch_mates_in_training(make, shape):
+    """Oner et al.'s model pools each bag on its own; a BatchNorm over the batch would make a
+    bag's features (and its predicted ratio) move with whichever bags share its batch."""
+    torch.manual_seed(0)
+    model = DistributionPoolingMIL(make(), n_features=16, dropout=0.0)
+    bag = torch.rand(1, 12, *shape)
+    mate_a, mate_b = torch.rand(1, 12, *shape), torch.rand(1, 12, *shape) * 0.2 + 0.8
+    model.calibrate(torch.cat([bag, mate_a, mate_b]).flatten(0, 1))
+    model.train()
+    with torch.no_grad():
+        with_a = model.features(torch.cat([bag, mate_a]))[0]
+        with_b = model.features(torch.cat([bag, mate_b]))[0]
+        alone = model.features(bag)[0]
+    torch.testing.assert_close(with_a, with_b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(with_a, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_runs_in_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = _tiny_model()
+    features = torch.rand(2, 50, 16)
+    with torch.no_grad():
+        exact = model.ratio_from_features(features)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = model.ratio_from_features(features.bfloat16())
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, exact, atol=5e-3, rtol=0)  # only the bf16 input rounding
 
 
 def test_read_idx_rejects_a_non_idx_file(tmp_path):

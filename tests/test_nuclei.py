@@ -108,7 +108,7 @@ def test_train_tiny_model_writes_a_loadable_folder(tmp_path):
     for name in ("config.json", "weights_best.h5", "thresholds.json", nuclei.INPUT_SPEC_FILE):
         assert (out / name).exists(), name
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp folder left behind
-    assert 0 <= metrics["val_f1_iou50"] <= 1 and 0 <= metrics["test_f1_iou50"] <= 1
+    assert {"val_f1_iou50", "test_f1_iou50"} <= set(metrics)  # F1 itself: detection_f1's known-answer test
     assert json.loads((out / nuclei.INPUT_SPEC_FILE).read_text())["channel"] == "h+dab"
     nm = nuclei.load_nuclei_model(str(out))
     labels = nuclei.predict_labels(nm, [data["test_x"][0]] * 2)
@@ -123,11 +123,11 @@ def test_pretrained_name_offline_says_how_to_fetch():
 
 
 def test_shipped_model_detects_held_out_gbm40_nuclei():
-    """The committed model (trained on GBM40 fields 01-08 + StarDist's fluorescence field,
-    thresholds on 09-10) on fields 11-12, never seen in training."""
+    """The committed model (trained on GBM40 fields 01-08, each with 4 simulated-scanner copies,
+    + StarDist's fluorescence field; thresholds on 09-10) on fields 11-12, never seen in training."""
     directory = shared_data("nuclei", "gbm40")
     nm = nuclei.load_nuclei_model(str(MODEL_DIR))
     data = nuclei.training_set("gbm40", params=dict(gbm40_dir=str(directory), with_fluo=False))
     preds = nuclei.predict_labels(nm, data["test_x"])
     score = nuclei.pooled_f1(preds, data["test_y"], 0.5)
-    assert score["f1"] >= 0.85, score  # measured 0.875 (P 0.92, R 0.84); nuclei_model_gbm40/metrics.json
+    assert score["f1"] >= 0.875, score  # measured 0.882 (P 0.948, R 0.825); nuclei_model_gbm40/metrics.json

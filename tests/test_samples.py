@@ -38,3 +38,10 @@ def test_missing_column_and_duplicates(tmp_path):
         read_sample_sheet(write(tmp_path, "sample\the\na\tx.svs\na\ty.svs\n"))
     with pytest.raises(SampleSheetError, match="unknown column"):
         read_sample_sheet(write(tmp_path, "sample\the\tstain\na\tx.svs\tki67\n"))
+
+
+def test_split_column_pins_and_is_checked(tmp_path):
+    sheet = read_sample_sheet(write(tmp_path, "sample\the\tsplit\na\ta.svs\ttest\nb\tb.svs\t\n"))
+    assert sheet.at["a", "split"] == "test" and not isinstance(sheet.at["b", "split"], str)
+    with pytest.raises(SampleSheetError, match=r"row 2 \(sample 'a'\): column 'split' must be empty or one of"):
+        read_sample_sheet(write(tmp_path, "sample\the\tsplit\na\ta.svs\ttesting\n"))

@@ -26,7 +26,8 @@ WORKFLOW = REPO / "tests" / "slurm_workflow" / "Snakefile"
 USER_PROFILE = REPO / "profiles" / "slurm"
 CI_PROFILE = REPO / "profiles" / "slurm-ci"
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-GPU_RULES = ("train_regressor", "train_mil", "train_nuclei_model", "ground_truth", "predict_tiles", "mnist_bags")
+GPU_RULES = ("train_model", "predict_tiles", "mnist_bags")
+STARDIST_RULES = ("ground_truth", "train_nuclei_model")
 SAMPLES = ("s1", "s2")
 STAGES = ("tile", "tissue", "ssim", "stain")
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
@@ -106,6 +107,9 @@ def test_profile_gpu_rules_request_gpus_on_gpu_partition():
             res = per_rule[rule]
             assert res["slurm_partition"] == "gpu" and res["gpu"] == 1, (profile, rule, res)
             assert not re.search(r"--gpus|--gres", str(res.get("slurm_extra", ""))), (profile, rule)
+        for rule in STARDIST_RULES:  # tensorflow-cpu: a GPU held by StarDist would sit idle
+            res = per_rule.get(rule, {})
+            assert "gpu" not in res and res.get("slurm_partition", "cpu") == "cpu", (profile, rule, res)
         assert conf["default-resources"]["slurm_partition"] == "cpu", profile
         assert set(STAGES) <= set(conf.get("groups", {})) or profile == CI_PROFILE
 
@@ -115,7 +119,7 @@ def test_profile_resources_as_snakemake_evaluates_them(tmp_path):
     code, out = _snakemake(tmp_path, "--dry-run", "all", "preempt", profiles=(USER_PROFILE,), limit_s=120)
     assert code == 0, out[-3000:]
     resources = dict(re.findall(r"rule (\w+):\n(?:\s+\w+: .*\n)*?\s+resources: (.*)", out))
-    assert set(STAGES) | {"train_regressor", "train_mil"} <= set(resources), sorted(resources)
+    assert set(STAGES) | {"train_model", "predict_tiles"} <= set(resources), sorted(resources)
     for rule, line in resources.items():
         partition = re.search(r"slurm_partition=(\w+)", line).group(1)
         if rule in GPU_RULES:
@@ -152,9 +156,9 @@ def test_workflow_runs_through_slurm(tmp_path):
     record = _scontrol_job(gpu["SLURM_JOB_ID"])     # kept by slurmctld for MinJobAge = 300 s
     assert record["Partition"] == "gpu"
     assert record["TresPerJob"] == "gres:gpu:1", "not submitted as sbatch --gpus=1"
-    assert record["Comment"] == "rule_train_regressor"
-    log = tmp_path / ".snakemake" / "slurm_logs" / "rule_train_regressor" / f"{gpu['SLURM_JOB_ID']}.log"
-    assert "rule train_regressor:" in log.read_text()
+    assert record["Comment"] == "rule_train_model"
+    log = tmp_path / ".snakemake" / "slurm_logs" / "rule_train_model" / f"{gpu['SLURM_JOB_ID']}.log"
+    assert "rule train_model:" in log.read_text()
 
     # Everything is up to date: the second run submits nothing.
     code, out = _snakemake(tmp_path, "all", limit_s=60)

@@ -17,7 +17,6 @@ from tests.test_workflow import HE_ONLY, N_PAIRS, tiny_config, write_workdir
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-GPU_RULES = ("train_nuclei_model", "ground_truth", "train_regressor", "train_mil", "predict_tiles")
 
 
 def run(workdir: Path, *args: str, limit_s: int = 1500) -> subprocess.CompletedProcess:
@@ -31,8 +30,8 @@ def run(workdir: Path, *args: str, limit_s: int = 1500) -> subprocess.CompletedP
 @pytest.mark.slow
 def test_demo_dag_runs_through_slurm_with_gpu_jobs_on_the_gpu_partition(tmp_path):
     cfg = tiny_config(tmp_path)
-    cfg["train"]["regressor"]["epochs"] = 1
-    cfg["train"]["mil"]["epochs"] = 1
+    cfg["train"]["models"]["regressor"]["epochs"] = 1
+    cfg["train"]["models"]["mil"]["epochs"] = 1
     write_workdir(tmp_path, cfg)
     first = run(tmp_path, "all")
     out = first.stdout + first.stderr
@@ -43,8 +42,7 @@ def test_demo_dag_runs_through_slurm_with_gpu_jobs_on_the_gpu_partition(tmp_path
                  "results/maps/mil/summary.csv", f"results/maps/mil/{HE_ONLY}.geojson",
                  *(f"results/maps/regressor/demo{i}.png" for i in range(1, N_PAIRS + 1))):
         assert (tmp_path / path).stat().st_size > 0, path
-    logs = [tmp_path / "logs/train_nuclei_model.log", tmp_path / "logs/ground_truth/demo1.log",
-            tmp_path / "logs/train_regressor.log", tmp_path / "logs/train_mil.log",
+    logs = [tmp_path / "logs/train_model/regressor.log", tmp_path / "logs/train_model/mil.log",
             tmp_path / "logs/predict_tiles/regressor/demo1.log"]
     for log in logs:
         m = re.search(r"SLURM job (\d+) on \S+, partition (\S+), \S+ CPUs, GPUs on node (\S+)", log.read_text())
@@ -52,9 +50,10 @@ def test_demo_dag_runs_through_slurm_with_gpu_jobs_on_the_gpu_partition(tmp_path
         job_id, partition, gpus = m.groups()
         assert job_id in submitted and partition == "gpu" and gpus == "1", (log, m.groups())
         assert "gpu:1" in _scontrol_job(job_id).get("TresPerJob", ""), job_id  # what --gpus=1 requests
-    cpu_log = (tmp_path / "logs/tissue/demo1.log").read_text()
-    m = re.search(r"SLURM job (\d+) on \S+, partition ([^,\s]+)", cpu_log)
-    assert m and m.group(2) == "cpu" and m.group(1) in submitted
+    for cpu_log in ("logs/tissue/demo1.log", "logs/ground_truth/demo1.log", "logs/train_nuclei_model.log"):
+        m = re.search(r"SLURM job (\d+) on \S+, partition ([^,\s]+), \S+ CPUs, GPUs on node (\S+)",
+                      (tmp_path / cpu_log).read_text())
+        assert m and m.group(2) == "cpu" and m.group(3) == "0" and m.group(1) in submitted, (cpu_log, m and m.groups())
 
     second = run(tmp_path, "all", limit_s=300)
     assert second.returncode == 0 and not SUBMITTED.findall(second.stdout + second.stderr)
@@ -74,8 +73,17 @@ def test_failing_slurm_job_names_its_log_and_keep_going_finishes_the_rest(tmp_pa
     (tmp_path / "config.yaml").write_text(__import__("yaml").safe_dump(cfg))
     proc = run(tmp_path, "results/tissue/good.parquet", "results/tissue/corrupt.parquet", limit_s=600)
     out = proc.stdout + proc.stderr
+    # keep-going (the user profile) reaches the SLURM job through sbatch's environment (TUMORMAP_KEEP_GOING,
+    # set in onstart): the corrupt sample is flagged with its reason instead of failing; the good one finishes
+    assert proc.returncode == 0, out[-3000:]
+    assert (tmp_path / "results/tissue/good.parquet").exists()
+    record = __import__("json").loads((tmp_path / "results/qc/tile/corrupt.json").read_text())
+    assert record["ok"] is False and "sample corrupt: cannot open corrupt_he.svs as a slide" in record["reason"]
+    # without the flag (--no-hooks: onstart does not run, the variable is unset) the job fails, and the
+    # failure names the SLURM job's log, which says why
+    proc = run(tmp_path, "--no-hooks", "--forcerun", "tile", "results/tissue/corrupt.parquet", limit_s=600)
+    out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert (tmp_path / "results/tissue/good.parquet").exists()  # keep-going (the user profile) finished it
     assert not (tmp_path / "results/tiles/corrupt.parquet").exists()
     logs = re.findall(r"\S*\.snakemake/slurm_logs/\S+\.log", out)
     assert logs, out[-3000:]  # the failure names the SLURM job's log...

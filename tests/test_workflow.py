@@ -1,5 +1,6 @@
 """The whole DAG on a tiny embedded demo, through the real Snakemake, StarDist, HistomicsTK and PyTorch."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -24,7 +25,8 @@ def tiny_config(workdir: Path) -> dict:
     cfg["tile"]["tile_px"] = 128
     cfg["ssim"]["read_px"] = 64
     cfg["ground_truth"]["nuclei_model"].update(epochs=8, steps_per_epoch=30)
-    cfg["train"]["regressor"].update(epochs=2, input_px=64, batch_size=16, workers=0)
+    cfg["train"]["models"]["regressor"].update(epochs=2, input_px=64, batch_size=16, workers=0)
+    cfg["train"]["models"]["mil"].update(workers=0, epochs=2, bag_size=8, bags_per_sample=6, map_k=8)
     cfg["stain"]["n_tiles"] = 8
     cfg["maps"]["thumbnail_px"] = 256
     return cfg
@@ -43,10 +45,20 @@ def write_workdir(workdir: Path, cfg: dict, remote: dict[str, tuple[str, str, st
     (workdir / "samples.tsv").write_text("\n".join(rows) + "\n")
 
 
+def envcheck(workdir: Path) -> dict:
+    """Environment in which every rule's script may import only what its declared conda env installs
+    (tests/envcheck): running the workflow in it is the test that each rule runs in its env."""
+    from tests.envcheck_map import write_map
+
+    table = write_map(workdir.parent / f"{workdir.name}.envcheck.json")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "envcheck"), str(REPO)]),
+            "TUMORMAP_ENVCHECK": str(table)}
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [str(SNAKEMAKE), *args, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
            "--resources", "gpu=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=envcheck(workdir))
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -113,7 +125,9 @@ def test_every_output_exists_and_is_sane(demo_run):
     assert downloaded.read_bytes() == (workdir.parent / "served/demo2_he.tiff").read_bytes()
     assert "md5" in (workdir / "logs/download/demo2/demo2_he.tiff.log").read_text()
     metrics = json.loads((workdir / "results/evaluate/regressor/metrics.json").read_text())
-    assert metrics["n"] > 0 and 0 <= metrics["mae"] <= 1
+    split = pd.read_csv(workdir / "results/split.tsv", sep="\t")
+    assert metrics["n"] > 0 and metrics["test_samples"] == sorted(split.loc[split["split"] == "test", "sample"])
+    assert metrics["bin_source"] == "binned predicted ratio"  # the tiny regressor trains no 3-bin head
     tissue = pd.read_parquet(workdir / "results/tissue/demo1.parquet")
     assert 0 < tissue["tissue_keep"].sum() < len(tissue)  # the demo has glass to drop
     ssim = pd.read_parquet(workdir / "results/ssim/demo1.parquet")
@@ -156,7 +170,7 @@ def test_rerun_does_nothing_and_ssim_min_reruns_only_downstream(demo_run):
     finally:
         (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert jobs.get("ssim") == N_PAIRS
-    for downstream in ("ground_truth", "dataset", "train_regressor", "evaluate", "tumor_map"):
+    for downstream in ("ground_truth", "dataset", "train_model", "evaluate", "tumor_map"):
         assert jobs.get(downstream, 0) >= 1, (downstream, jobs)
     for upstream in ("demo_pair", "tile", "tissue", "stain", "train_nuclei_model"):
         assert upstream not in jobs, (upstream, jobs)
@@ -218,9 +232,99 @@ def test_model_folder_with_a_bad_card_is_refused(demo_run, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(workdir / "results/models/regressor", model)
     card = json.loads((model / "card.json").read_text())
-    (model / "card.json").write_text(json.dumps(dict(card, channels="rgb+he", in_channels=5)))
+    card["options"]["channels"] = "rgb+he"  # 5 input channels; the weights have 3
+    (model / "card.json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match="model.pt does not match its card"):
         load_model(model)
     (model / "card.json").unlink()
     with pytest.raises(ValueError, match="has no card.json"):
         load_model(model)
+
+
+def _run_changed(workdir: Path, cfg: dict) -> tuple[dict[str, int], str]:
+    """Write ``cfg``, run `snakemake all` for real; (jobs that ran per rule, output)."""
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(workdir, "all")
+    return planned_jobs(proc), proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_reruns_redo_exactly_what_changed_and_never_resume_another_training(demo_run, tmp_path):
+    """Real reruns on a copy of the finished tiny demo, one change at a time (issue #10, items 1 and 6)."""
+    import copy
+
+    from tumormap.split import SplitError, split_samples
+
+    source, cfg = demo_run
+    workdir = tmp_path / "work"
+    shutil.copytree(source, workdir, symlinks=True)
+    cfg = copy.deepcopy(cfg)
+    n_models = len(cfg["train"]["models"])
+
+    # maps.tumor_threshold: maps and summaries only, and the GeoJSON classes follow it (a threshold
+    # between the predictions, so that both classes occur whatever the tiny model learned)
+    predicted = np.sort(pd.read_parquet(workdir / f"results/predictions/regressor/{HE_ONLY}.parquet")["predicted_ratio"])
+    threshold = float(predicted[len(predicted) // 2])
+    assert threshold != cfg["maps"]["tumor_threshold"] and predicted[0] < threshold
+    cfg["maps"]["tumor_threshold"] = threshold
+    jobs, _ = _run_changed(workdir, cfg)
+    assert jobs.get("tumor_map") == n_models * (N_PAIRS + 1) and jobs.get("map_summary") == n_models, jobs
+    assert "predict_tiles" not in jobs and "train_model" not in jobs, jobs
+    features = json.loads((workdir / f"results/maps/regressor/{HE_ONLY}.geojson").read_text())["features"]
+    tumor = [f["properties"]["measurements"]["tumor_ratio"] >= threshold for f in features]
+    assert [f["properties"]["classification"]["name"] == "Tumor" for f in features] == tumor and any(tumor)
+
+    # QC gallery size, StarDist batch size and threads: the QC gallery only, no StarDist ground truth
+    cfg["ground_truth"].update(qc_tiles=2, batch_size=4, threads=1)
+    jobs, _ = _run_changed(workdir, cfg)
+    assert set(jobs) <= {"ground_truth_qc", "all"} and jobs.get("ground_truth_qc") == N_PAIRS, jobs
+
+    # how to run (workers, device, prediction batch size) retrains and predicts nothing
+    for entry in cfg["train"]["models"].values():
+        entry.update(workers=1, device="cpu")
+    cfg["maps"]["batch_size"] = 16
+    jobs, _ = _run_changed(workdir, cfg)
+    assert jobs == {}, jobs
+
+    # a test slide's ground truth changes: evaluation follows, training does not
+    split = pd.read_csv(workdir / "results/split.tsv", sep="\t").set_index("sample")["split"]
+    test_sample = split[split == "test"].index[0]
+    sheet = (workdir / "samples.tsv").read_text().splitlines()
+    sheet = [line.replace("\t12\t-8", "\t14\t-8") if line.startswith(f"{test_sample}\t") else line for line in sheet]
+    (workdir / "samples.tsv").write_text("\n".join(sheet) + "\n")
+    jobs, _ = _run_changed(workdir, cfg)
+    assert jobs.get("ground_truth") == 1 and jobs.get("evaluate") == n_models, jobs
+    assert "train_model" not in jobs and "dataset" not in jobs, jobs
+
+    # split.seed moves the test slide: both models train all their epochs again, on the new split
+    patients = pd.DataFrame({"sample": [f"demo{i}" for i in range(1, N_PAIRS + 1)],
+                             "patient": [f"P{i}" for i in range(1, N_PAIRS + 1)]})
+    for seed in range(cfg["split"]["seed"] + 1, cfg["split"]["seed"] + 500):
+        try:
+            new = split_samples(patients, cfg["split"]["fractions"], seed).set_index("sample")["split"]
+        except SplitError:
+            continue
+        if new[test_sample] != "test":
+            break
+    new_test = new[new == "test"].index[0]
+    cfg["split"]["seed"] = seed
+    jobs, out = _run_changed(workdir, cfg)
+    assert jobs.get("dataset") == 1 and jobs.get("train_model") == n_models, jobs
+    for name, entry in cfg["train"]["models"].items():
+        log = (workdir / f"logs/train_model/{name}.log").read_text()
+        assert "resuming" not in log and "reusing" not in log, log[-2000:]
+        assert len(pd.read_csv(workdir / f"results/models/{name}/history.csv")) == entry["epochs"]
+        card = json.loads((workdir / f"results/models/{name}/card.json").read_text())["training"]
+        assert new_test not in card["train_samples"] + card["val_samples"] and card["test_samples"] == [new_test]
+        assert sorted(card["train_samples"] + card["val_samples"]) == sorted(new[new != "test"].index)
+    metrics = json.loads((workdir / "results/evaluate/regressor/metrics.json").read_text())
+    assert metrics["test_samples"] == [new_test]
+
+    # the DAB threshold changes every ratio: ground truth, then a fresh training (not a resume)
+    cfg["ground_truth"]["dab_threshold"] = 0.3
+    jobs, _ = _run_changed(workdir, cfg)
+    assert jobs.get("ground_truth") == N_PAIRS and jobs.get("train_model") == n_models, jobs
+    for name, entry in cfg["train"]["models"].items():
+        log = (workdir / f"logs/train_model/{name}.log").read_text()
+        assert "written by another training" in log and "resuming" not in log and "reusing" not in log
+        assert len(pd.read_csv(workdir / f"results/models/{name}/history.csv")) == entry["epochs"]

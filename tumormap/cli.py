@@ -35,7 +35,7 @@ def map_he_slide(model_dir: str, he_path: str, out_dir: str, *, sample: str | No
     from .io import write_json, write_parquet
     from .maps import slide_maps
     from .predict import load_model, predict_slide
-    from .stain import estimate_slide_stain
+    from .stain import slide_stain_or_reference
     from .tiling import tile_grid
     from .tissue import tissue_table
     from .train import load_card
@@ -53,34 +53,56 @@ def map_he_slide(model_dir: str, he_path: str, out_dir: str, *, sample: str | No
                           read_px=tissue_cfg["read_px"], white=tissue_cfg["white"],
                           min_saturation=tissue_cfg["min_saturation"])
     write_parquet(tissue, out / f"{sample}.tiles.parquet")
-    stain = estimate_slide_stain(he_path, tissue[tissue["tissue_keep"]], sample, n_tiles=stain_cfg["n_tiles"],
-                                 tile_px=stain_cfg["read_px"])
+    stain = slide_stain_or_reference(he_path, tissue[tissue["tissue_keep"]], sample, n_tiles=stain_cfg["n_tiles"],
+                                     tile_px=stain_cfg["read_px"],
+                                     min_tissue_tiles=stain_cfg.get("min_tissue_tiles", 4),
+                                     min_angle_deg=stain_cfg.get("min_angle_deg", 10.0))
     write_json(stain, out / f"{sample}.stain.json")
-    model, card = load_model(model_dir)
-    predictions = predict_slide(model, card, tissue, he_path, stain, sample=sample,
+    model, card, kind = load_model(model_dir)
+    predictions = predict_slide(model, card, kind, tissue, he_path, stain, sample=sample,
                                 batch_size=maps_cfg["batch_size"], progress=progress)
     write_parquet(predictions, out / f"{sample}.parquet")
     slide_maps(str(out / f"{sample}.parquet"), str(out / f"{sample}.tiles.parquet"), None, he_path, sample=sample,
-               model=card["kind"], png=str(out / f"{sample}.png"), arrays=str(out / f"{sample}.npz"),
+               model=card["name"], png=str(out / f"{sample}.png"), arrays=str(out / f"{sample}.npz"),
                agreement=str(out / f"{sample}.json"), thumbnail_px=maps_cfg["thumbnail_px"])
-    write_geojson(tiles_geojson(predictions, sample=sample, model=card["kind"]), str(out / f"{sample}.geojson"))
-    return slide_summary(predictions, tissue, sample=sample, model=card["kind"],
+    write_geojson(tiles_geojson(predictions, sample=sample, model=card["name"],
+                                tumor_threshold=maps_cfg.get("tumor_threshold", 0.5)), str(out / f"{sample}.geojson"))
+    return slide_summary(predictions, tissue, sample=sample, model=card["name"],
                          tumor_threshold=maps_cfg.get("tumor_threshold", 0.5))
 
 
 def _predict(args) -> int:
+    """Map every readable slide; write summary.csv for those; list the failures and exit 1 if any."""
     from .export import write_summary_csv
     from .logs import setup_logging
+    from .qc import data_errors
+    from .slides import MissingMppError
 
     setup_logging(None)
     sections = load_sections(args.config)
-    rows = []
+    rows, failures = [], []
     for slide in args.slides:
-        rows.append(map_he_slide(args.model, slide, args.out, fallback_mpp=args.mpp, tissue_cfg=sections["tissue"],
-                                 stain_cfg=sections["stain"], maps_cfg=sections["maps"]))
+        try:
+            rows.append(map_he_slide(args.model, slide, args.out, fallback_mpp=args.mpp,
+                                     tissue_cfg=sections["tissue"], stain_cfg=sections["stain"],
+                                     maps_cfg=sections["maps"]))
+        except MissingMppError as exc:
+            failures.append((slide, f"{exc.path} has no µm/px in its metadata (openslide.mpp-x): give it with "
+                                    "--mpp (level-0 µm per pixel)"))
+            continue
+        except data_errors() + (ValueError,) as exc:
+            failures.append((slide, f"{type(exc).__name__}: {exc}"))
+            continue
         print(f"{slide}: mean tumor ratio {rows[-1]['mean_tumor_ratio']:.3f} "
               f"({rows[-1]['n_tissue_tiles']} tissue tiles) -> {args.out}", file=sys.stderr)
-    write_summary_csv(rows, str(Path(args.out) / "summary.csv"))
+    if rows:
+        write_summary_csv(rows, str(Path(args.out) / "summary.csv"))
+    for slide, reason in failures:
+        print(f"tumormap: error: {slide}: not mapped: {reason}", file=sys.stderr)
+    if failures:
+        print(f"tumormap: {len(rows)} of {len(args.slides)} slides mapped"
+              + (f" (summary: {Path(args.out) / 'summary.csv'})" if rows else ""), file=sys.stderr)
+        return 1
     return 0
 
 

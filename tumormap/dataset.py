@@ -1,4 +1,4 @@
-"""The training table: SSIM-kept tiles with their IHC ground truth and split, across samples."""
+"""The training table: tiles of the train/val samples with their IHC ground truth, split and slide labels."""
 
 from __future__ import annotations
 
@@ -9,28 +9,49 @@ from .logs import get_logger
 
 log = get_logger("dataset")
 
+GT_COLUMNS = ["tumor_ratio", "n_nuclei", "nuclear_area_px", "positive_area_px"]
 
-def build_dataset(tile_tables: list[str], ground_truth_tables: list[str], split_path: str) -> pd.DataFrame:
-    """One row per tile with a finite ground-truth ratio: tile columns + ``tumor_ratio`` + ``split``.
 
-    Tiles whose ratio is NaN (no nuclei, blank) are excluded, with their count logged.
+def build_dataset(tile_tables: dict[str, str], ground_truth_tables: dict[str, str], split: dict[str, str], *,
+                  labels: dict[str, str] | None = None, purity: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per tissue tile of each sample in ``tile_tables`` (sample → SSIM table for a
+    pair, tissue table for an H&E alone).
+
+    ``keep`` is the SSIM filter for pairs and the tissue filter for an H&E alone; the
+    ground-truth columns are NaN where a tile has no IHC ratio (unpaired, not kept, no
+    nuclei). ``label`` and ``purity`` are the sheet's slide-level values (None/NaN if absent).
     """
-    split = pd.read_csv(split_path, sep="\t", dtype={"sample": str})
+    labels, purity = labels or {}, purity or {}
     parts = []
-    for tiles_path, gt_path in zip(tile_tables, ground_truth_tables):
-        tiles, gt = pd.read_parquet(tiles_path), pd.read_parquet(gt_path)
-        if gt.empty:
-            continue
-        merged = tiles[tiles["keep"]].merge(gt[["sample", "tile_id", "tumor_ratio", "n_nuclei", "nuclear_area_px", "positive_area_px"]],
-                                           on=["sample", "tile_id"], how="inner")
-        n_nan = int((~np.isfinite(merged["tumor_ratio"])).sum())
-        if n_nan:
-            log.info("%s: %d tiles without a ratio excluded (see its ground-truth reasons)",
-                     merged["sample"].iloc[0], n_nan)
-        parts.append(merged[np.isfinite(merged["tumor_ratio"])])
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["sample", "tile_id", "tumor_ratio"])
-    table = table.merge(split[["sample", "split"]], on="sample", how="left")
+    for sample, tiles_path in tile_tables.items():
+        tiles = pd.read_parquet(tiles_path)
+        tiles = tiles[tiles["tissue_keep"]].copy() if "tissue_keep" in tiles else tiles.iloc[:0].copy()
+        if "keep" not in tiles:
+            tiles["keep"] = True
+        if sample in ground_truth_tables:
+            gt = pd.read_parquet(ground_truth_tables[sample])
+            tiles = tiles.merge(gt[["sample", "tile_id", *GT_COLUMNS]], on=["sample", "tile_id"], how="left")
+            n_ratio = int(np.isfinite(tiles["tumor_ratio"].astype(float)).sum())
+            log.info("%s: %d tissue tiles, %d SSIM-kept, %d with an IHC ratio", sample, len(tiles),
+                     int(tiles["keep"].sum()), n_ratio)
+        else:
+            for col in GT_COLUMNS:
+                tiles[col] = np.nan
+            log.info("%s: %d tissue tiles (no IHC)", sample, len(tiles))
+        tiles["split"] = split[sample]
+        tiles["label"] = labels.get(sample)
+        tiles["purity"] = purity.get(sample, np.nan)
+        parts.append(tiles)
+    columns = ["sample", "tile_id", "keep", *GT_COLUMNS, "split", "label", "purity"]
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    table["label"] = table["label"].astype(object)
+    left_out = sorted(s for s in tile_tables if not (table["sample"] == s).any())
+    if left_out:
+        log.warning("%d samples contribute no tile (see results/qc/samples.tsv): %s", len(left_out),
+                    ", ".join(left_out))
     for name, group in table.groupby("split"):
-        log.info("split %s: %d tiles from %d samples, mean ratio %.3f", name, len(group), group["sample"].nunique(),
-                 group["tumor_ratio"].mean())
+        ratio = group["tumor_ratio"].astype(float)
+        log.info("split %s: %d tiles from %d samples, %d with an IHC ratio (mean %.3f)", name, len(group),
+                 group["sample"].nunique(), int(np.isfinite(ratio).sum()), np.nanmean(ratio) if np.isfinite(ratio).any()
+                 else float("nan"))
     return table

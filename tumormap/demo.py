@@ -12,7 +12,8 @@ is split into square regions, each with its own tumor fraction (by nucleus count
 truth table gives, per region, the DAB-positive share of the nuclear area computed from
 the rendered nucleus masks.
 
-Public API: :func:`make_demo_pair`, :func:`make_nucleus_training_set`.
+Public API: :func:`make_demo_pair` (with an optional :class:`IhcWarp` of the IHC and
+:func:`demo_ihc_mapping`, its true point mapping), :func:`make_nucleus_training_set`.
 """
 
 from __future__ import annotations
@@ -56,13 +57,17 @@ _GLASS_OD = 0.012
 
 
 def make_demo_pair(he_path, ihc_path, truth_path, *, seed: int, size_px: int = 6144, mpp: float = 0.25,
-                   ihc_offset: tuple[int, int] = (12, -8), region_px: int = 2048, tear: bool = True) -> dict:
+                   ihc_offset: tuple[int, int] = (12, -8), region_px: int = 2048, tear: bool = True,
+                   ihc_warp: "IhcWarp | dict | None" = None) -> dict:
     """Write a synthetic H&E/IHC pair of pyramidal TIFFs and its region truth table.
 
     size_px: level-0 width = height (px); mpp: level-0 µm/px; ihc_offset: (dx, dy) level-0 px,
     a feature at (x, y) on the H&E is at (x + dx, y + dy) on the IHC; region_px: side of the
     square truth regions (H&E level-0 px; the last row/column is cut at the slide edge);
-    tear: cut a tissue-free hole into the IHC (the H&E keeps its tissue there).
+    tear: cut a tissue-free hole into the IHC (the H&E keeps its tissue there);
+    ihc_warp: an :class:`IhcWarp` (or its fields as a dict) that rotates, flips, shifts and
+    elastically warps the IHC after rendering (default none: the IHC is the shifted scene only).
+    :func:`demo_ihc_mapping` of the returned summary maps H&E points to the IHC exactly.
 
     The truth Parquet has one row per region: ``region_id, x0, y0, x1, y1`` (H&E level-0 px,
     end exclusive), ``tumor_fraction`` (the region's drawn tumor share of nuclei by count;
@@ -103,17 +108,127 @@ def make_demo_pair(he_path, ihc_path, truth_path, *, seed: int, size_px: int = 6
 
     truth = _region_truth(grid, raster, tissue, he_view, nuclei, fractions, tissue_frac, tear_mask, origin)
     ihc_view = _View(-origin[0] - dx, -origin[1] - dy, size_px)
+    warp = IhcWarp(**ihc_warp) if isinstance(ihc_warp, dict) else ihc_warp
     for stain, view, path in (("he", he_view, he_path), ("ihc", ihc_view, ihc_path)):
         rgb = _stain_view(rng, stain, view, raster, tissue.soft, fibres,
                           tear_mask if stain == "ihc" else None)
+        if stain == "ihc" and warp is not None:
+            rgb = warp.render(rgb, mpp)
         _write_pyramid_tiff(rgb, path, mpp)
         del rgb
         log.info("demo pair: wrote %s slide %s", stain, path)
     write_parquet(truth, truth_path)
-    return {"he": str(he_path), "ihc": str(ihc_path), "truth": str(truth_path), "seed": int(seed),
-            "size_px": size_px, "mpp": float(mpp), "ihc_offset": [dx, dy], "region_px": region_px,
-            "n_regions": int(len(truth)), "n_tissue_regions": int((truth.tissue_fraction > 0).sum()),
-            "n_torn": int(truth.torn.sum()), "n_nuclei": int(truth.n_nuclei.sum())}
+    summary = {"he": str(he_path), "ihc": str(ihc_path), "truth": str(truth_path), "seed": int(seed),
+               "size_px": size_px, "mpp": float(mpp), "ihc_offset": [dx, dy], "region_px": region_px,
+               "n_regions": int(len(truth)), "n_tissue_regions": int((truth.tissue_fraction > 0).sum()),
+               "n_torn": int(truth.torn.sum()), "n_nuclei": int(truth.n_nuclei.sum())}
+    if warp is not None:
+        summary["ihc_warp"] = warp.as_dict()
+    return summary
+
+
+@dataclass
+class IhcWarp:
+    """A known deformation of the demo IHC, applied after rendering (as a lab's section would be).
+
+    The rendered IHC (the scene shifted by ``ihc_offset``) is rotated by ``rotation_deg``
+    (clockwise on screen, about the slide centre), mirrored left–right first when ``flip``,
+    shifted by ``shift_px`` (level-0 px) and then elastically warped: a smooth random
+    displacement of at most ``elastic_um`` µm that varies over ``elastic_scale_um`` µm (node
+    spacing of a bilinear grid of Gaussian-smoothed noise drawn from ``seed``). Pixels that
+    come from outside the rendered slide are glass (white).
+    """
+
+    rotation_deg: float = 0.0
+    flip: bool = False
+    shift_px: tuple[float, float] = (0.0, 0.0)
+    elastic_um: float = 0.0
+    elastic_scale_um: float = 400.0
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return {"rotation_deg": float(self.rotation_deg), "flip": bool(self.flip),
+                "shift_px": [float(v) for v in self.shift_px], "elastic_um": float(self.elastic_um),
+                "elastic_scale_um": float(self.elastic_scale_um), "seed": int(self.seed)}
+
+    def _affine(self, size_px: int) -> np.ndarray:
+        """3×3 matrix: rendered IHC → final IHC (continuous level-0 coordinates), before the elastic part."""
+        t = math.radians(self.rotation_deg)
+        c = size_px / 2
+        lin = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+        if self.flip:
+            lin = lin @ np.diag([-1.0, 1.0])
+        m = np.eye(3)
+        m[:2, :2] = lin
+        m[:2, 2] = np.array([c, c]) - lin @ np.array([c, c]) + np.asarray(self.shift_px, dtype=np.float64)
+        return m
+
+    def _elastic_grid(self, size_px: int, mpp: float) -> tuple[np.ndarray, float]:
+        """(2, n, n) displacement nodes (rendered px) every ``step`` px of the final IHC, and step."""
+        step = max(8.0, self.elastic_scale_um / mpp)
+        n = int(math.ceil(size_px / step)) + 2
+        if self.elastic_um <= 0:
+            return np.zeros((2, n, n)), step
+        rng = np.random.default_rng(self.seed)
+        field = np.stack([ndimage.gaussian_filter(rng.standard_normal((n, n)), 1.0, mode="nearest") for _ in (0, 1)])
+        field *= (self.elastic_um / mpp) / max(float(np.abs(field).max()), 1e-9)
+        return field, step
+
+    def source(self, points, size_px: int, mpp: float) -> np.ndarray:
+        """Where final-IHC points (N, 2) were taken from on the rendered IHC (continuous px)."""
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        inv = np.linalg.inv(self._affine(size_px))
+        out = pts @ inv[:2, :2].T + inv[:2, 2]
+        grid, step = self._elastic_grid(size_px, mpp)
+        coords = np.stack([pts[:, 1] / step, pts[:, 0] / step])
+        return out + np.stack([ndimage.map_coordinates(grid[k], coords, order=1, mode="nearest")
+                               for k in (0, 1)], axis=1)
+
+    def forward(self, points, size_px: int, mpp: float, iterations: int = 50) -> np.ndarray:
+        """Where rendered-IHC points (N, 2) lie on the final IHC: the inverse of :meth:`source`."""
+        target = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        fwd = self._affine(size_px)
+        y = target @ fwd[:2, :2].T + fwd[:2, 2]
+        for _ in range(iterations):
+            y = y + (target - self.source(y, size_px, mpp)) @ fwd[:2, :2].T
+        return y
+
+    def render(self, rgb: np.ndarray, mpp: float, strip: int = 512) -> np.ndarray:
+        """The final IHC: ``rgb`` (the rendered IHC) resampled through :meth:`source`."""
+        import cv2
+
+        from .registration import bilinear_grid
+
+        size = rgb.shape[0]
+        inv = np.linalg.inv(self._affine(size))
+        grid, step = self._elastic_grid(size, mpp)
+        out = np.empty_like(rgb)
+        xs = np.arange(size, dtype=np.float64) + 0.5
+        for r0 in range(0, size, strip):
+            ys = np.arange(r0, min(size, r0 + strip), dtype=np.float64) + 0.5
+            map_x = inv[0, 0] * xs[None, :] + inv[0, 1] * ys[:, None] + inv[0, 2]
+            map_y = inv[1, 0] * xs[None, :] + inv[1, 1] * ys[:, None] + inv[1, 2]
+            map_x += bilinear_grid(grid[0], ys / step, xs / step)
+            map_y += bilinear_grid(grid[1], ys / step, xs / step)
+            out[r0:r0 + len(ys)] = cv2.remap(rgb, (map_x - 0.5).astype(np.float32), (map_y - 0.5).astype(np.float32),
+                                             cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+        return out
+
+
+def demo_ihc_mapping(summary: dict):
+    """The true H&E level-0 → IHC level-0 point mapping of a demo pair, from its summary dict.
+
+    Returns a function of (N, 2) points (x, y), continuous coordinates (pixel k covers [k, k+1)).
+    """
+    offset = np.asarray(summary["ihc_offset"], dtype=np.float64)
+    warp = IhcWarp(**summary["ihc_warp"]) if summary.get("ihc_warp") else None
+    size, mpp = int(summary["size_px"]), float(summary["mpp"])
+
+    def mapping(points) -> np.ndarray:
+        rendered = np.asarray(points, dtype=np.float64).reshape(-1, 2) + offset
+        return rendered if warp is None else warp.forward(rendered, size, mpp)
+
+    return mapping
 
 
 def make_nucleus_training_set(path_npz, *, n_patches: int = 48, patch_px: int = 256, mpp: float = 0.5,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .regressor import BINS
-
+BINS = (0.0, 0.2, 0.5, 1.0)  # the original study's classes: 0–0.2, 0.2–0.5, 0.5–1
 TOLERANCES = (0.05, 0.1, 0.2)
 
 
@@ -20,10 +19,12 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def regression_metrics(y_true, y_pred) -> dict:
+def regression_metrics(y_true, y_pred, pred_bin=None) -> dict:
     """MAE, RMSE, Pearson r, accuracy within |Δ| ≤ 0.05/0.1/0.2, 3-bin accuracy and confusion.
 
-    Rows where either value is NaN are dropped; ``n`` says how many remained.
+    The 3-bin accuracy is the 3-bin head's when ``pred_bin`` (its class per tile) is given,
+    else that of the binned predicted ratio; ``bin_source`` says which. Rows where either
+    value is NaN are dropped; ``n`` says how many remained.
     """
     y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
     ok = np.isfinite(y_true) & np.isfinite(y_pred)
@@ -32,21 +33,24 @@ def regression_metrics(y_true, y_pred) -> dict:
     if n == 0:
         return {"n": 0}
     err = y_pred - y_true
+    if pred_bin is not None:
+        bins_pred, source = np.asarray(pred_bin, int)[ok], "3-bin head"
+    else:
+        bins_pred, source = bin_index(y_pred), "binned predicted ratio"
     confusion = np.zeros((3, 3), dtype=int)
-    for t, p in zip(bin_index(y_true), bin_index(y_pred)):
-        confusion[t, p] += 1
+    np.add.at(confusion, (bin_index(y_true), bins_pred), 1)
     metrics = {"n": n, "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
                "pearson_r": pearson(y_true, y_pred), "bin_accuracy": float(np.trace(confusion) / n),
-               "bin_edges": list(BINS), "confusion_matrix": confusion.tolist()}
+               "bin_source": source, "bin_edges": list(BINS), "confusion_matrix": confusion.tolist()}
     for tol in TOLERANCES:
         metrics[f"within_{tol:g}"] = float((np.abs(err) <= tol + 1e-12).mean())
     return metrics
 
 
-def evaluation_table(predictions: list[pd.DataFrame], ground_truth: list[pd.DataFrame], split: pd.DataFrame,
-                     which: str = "test") -> pd.DataFrame:
-    """Predicted and IHC ratios of the ``which``-split tiles that have both."""
-    samples = set(split.loc[split["split"] == which, "sample"])
+def evaluation_table(predictions: list[pd.DataFrame], ground_truth: list[pd.DataFrame],
+                     samples: list[str]) -> pd.DataFrame:
+    """Predicted and IHC ratios of the given (test) samples' tiles that have both."""
+    samples = set(samples)
     pred = pd.concat([p for p in predictions if len(p)] or [pd.DataFrame(columns=["sample", "tile_id"])])
     gt = pd.concat([g for g in ground_truth if len(g)] or [pd.DataFrame(columns=["sample", "tile_id"])])
     pred, gt = pred[pred["sample"].isin(samples)], gt[gt["sample"].isin(samples)]

@@ -12,12 +12,14 @@ from .io import atomic_path
 MEASUREMENT = "tumor_ratio"
 
 
-def tiles_geojson(predictions: pd.DataFrame, *, sample: str, model: str, object_type: str = "detection") -> dict:
+def tiles_geojson(predictions: pd.DataFrame, *, sample: str, model: str, tumor_threshold: float,
+                  object_type: str = "detection") -> dict:
     """A FeatureCollection with one square polygon per predicted tile.
 
     Coordinates are slide level-0 pixels (x right, y down), as QuPath expects; each
     feature carries the predicted ratio as a QuPath measurement (``properties.measurements``)
-    and the tile id, so it lines up with the tile table.
+    and the tile id, so it lines up with the tile table. Tiles at or above
+    ``tumor_threshold`` (``maps.tumor_threshold``) are classified Tumor.
     """
     if object_type not in ("detection", "annotation", "tile"):
         raise ValueError(f"object_type must be detection, annotation or tile, not {object_type!r}")
@@ -33,7 +35,7 @@ def tiles_geojson(predictions: pd.DataFrame, *, sample: str, model: str, object_
             "properties": {
                 "objectType": object_type,
                 "name": f"tile {int(row.tile_id)}",
-                "classification": {"name": "Tumor" if ratio >= 0.5 else "Stroma/normal"},
+                "classification": {"name": "Tumor" if ratio >= tumor_threshold else "Stroma/normal"},
                 "measurements": {MEASUREMENT: ratio},
                 "tile_id": int(row.tile_id), "row": int(row.row), "col": int(row.col),
                 "sample": sample, "model": model,

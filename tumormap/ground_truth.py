@@ -1,12 +1,18 @@
 """Per-tile tumor ratio from Ki67 IHC tiles: StarDist nuclei in deconvolved stain channels.
 
-A tile (uint8 RGB) is colour-deconvolved into hematoxylin and DAB optical density
-(:func:`tumormap.nuclei.stain_od`); a StarDist model finds nuclei in a channel built by
-:func:`tumormap.nuclei.model_input` with FIXED OD ranges. Two positivity modes:
+A tile (uint8 RGB) is colour-deconvolved into hematoxylin and DAB optical density: with the
+slide's calibration (``params["ihc_calibration"]``, :mod:`tumormap.ihc_stain`: the slide's own
+stain vectors, both stains scaled by the slide's ``od_scale`` onto the reference look), or
+without one with Ruifrok's fixed vectors as scanned (:func:`tumormap.nuclei.stain_od`). A
+StarDist model finds nuclei in a channel built by :func:`tumormap.nuclei.model_input` with
+the model's fixed OD ranges. Two positivity modes:
 
 - ``mean_dab`` (default): nuclei found on hematoxylin+DAB OD (every nucleus, stained or
   not); a nucleus is positive when its mean DAB OD exceeds ``dab_threshold`` (OD, or
-  ``"otsu"`` over the tile's per-nucleus means, never below ``dab_threshold_min``).
+  ``"otsu"`` over the tile's per-nucleus means, never below ``dab_threshold_min``). With a
+  calibration the threshold applies to calibrated DAB, i.e. it is relative to the slide's
+  calibration: in the slide's own OD it is ``dab_threshold / od_scale``, the value the
+  table's ``dab_threshold`` column records (``od_scale`` beside it; 1 without calibration).
 - ``dab_segmentation``: nuclei found in the hematoxylin channel and, separately, in the
   DAB channel; nuclei found in DAB are positive (the original study's approach).
 
@@ -31,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .logs import get_logger
+from .ihc_stain import calibrated_stains, validate_calibration
 from .nuclei import model_input, stain_od
 
 log = get_logger("ground_truth")
@@ -38,7 +45,7 @@ log = get_logger("ground_truth")
 FORMULAS = ("dab_over_all", "dab_over_dab_plus_h")
 POSITIVITY = ("mean_dab", "dab_segmentation")
 COLUMNS = ["sample", "tile_id", "n_nuclei", "n_positive", "nuclear_area_px", "positive_area_px", "h_area_px",
-           "dab_area_px", "tumor_ratio", "reason"]
+           "dab_area_px", "tumor_ratio", "reason", "dab_threshold", "od_scale"]
 DEFAULTS = dict(
     formula="dab_over_all",
     positivity="mean_dab",
@@ -54,6 +61,7 @@ DEFAULTS = dict(
     min_sharpness=None,        # Laplacian variance of the stain OD below which a tile is "blurred"; None: off
     max_nuclear_fraction=0.7,  # above: "too_dense"
     min_nuclei=1,              # below: "no_nuclei"
+    ihc_calibration=None,      # the slide's IHC calibration (tumormap.ihc_stain); None: fixed vectors, as scanned
 )
 
 
@@ -67,6 +75,8 @@ def _params(formula: str, positivity: str, params: dict | None) -> dict:
     thr = p["dab_threshold"]
     if not (thr == "otsu" or isinstance(thr, (int, float))):
         raise ValueError(f"ground_truth.dab_threshold {thr!r}: expected an OD number or 'otsu'")
+    if p["ihc_calibration"] is not None:
+        validate_calibration(p["ihc_calibration"])
     return p
 
 
@@ -114,13 +124,14 @@ def _measure(stains, labels_all, labels_h, labels_dab, p) -> tuple[dict, np.ndar
             thr = max(_otsu(means), float(p["dab_threshold_min"]))
         flags = np.zeros(n + 1, bool)
         flags[1:] = means > float(thr)
+        thr = float(thr) if math.isfinite(thr) else math.nan
         present = np.bincount(labels_all.ravel(), minlength=n + 1) > 0
         present[0] = False
         fg = labels_all > 0
         pos_area = int(flags[labels_all].sum())
         row = dict(n_nuclei=int(present.sum()), n_positive=int((flags & present).sum()),
                    nuclear_area_px=int(fg.sum()), positive_area_px=pos_area,
-                   h_area_px=int(fg.sum()) - pos_area, dab_area_px=pos_area)
+                   h_area_px=int(fg.sum()) - pos_area, dab_area_px=pos_area, dab_threshold=thr)
         return row, labels_all, flags
     # dab_segmentation: DAB nuclei are positive; H nuclei mostly covered by a DAB nucleus are the same cell
     fg_h, fg_d = labels_h > 0, labels_dab > 0
@@ -137,13 +148,14 @@ def _measure(stains, labels_all, labels_h, labels_dab, p) -> tuple[dict, np.ndar
     flags = np.zeros(n_d + n_h + 1, bool)
     flags[1:n_d + 1] = True
     row = dict(n_nuclei=n_pos + int(h_only.sum()), n_positive=n_pos, nuclear_area_px=int((fg_h | fg_d).sum()),
-               positive_area_px=int(fg_d.sum()), h_area_px=int(fg_h.sum()), dab_area_px=int(fg_d.sum()))
+               positive_area_px=int(fg_d.sum()), h_area_px=int(fg_h.sum()), dab_area_px=int(fg_d.sum()),
+               dab_threshold=math.nan)
     return row, combined, flags
 
 
-def _empty_row(reason: str) -> dict:
+def _empty_row(reason: str, od_scale: float = 1.0) -> dict:
     return dict(n_nuclei=0, n_positive=0, nuclear_area_px=0, positive_area_px=0, h_area_px=0, dab_area_px=0,
-                tumor_ratio=math.nan, reason=reason)
+                tumor_ratio=math.nan, reason=reason, dab_threshold=math.nan, od_scale=od_scale)
 
 
 def measure_tiles(rgbs: list[np.ndarray], nm, *, mpp: float, formula: str = "dab_over_all",
@@ -151,6 +163,7 @@ def measure_tiles(rgbs: list[np.ndarray], nm, *, mpp: float, formula: str = "dab
     """Measure equally sized RGB tiles at ``mpp`` µm/px with nuclei model ``nm`` (one batch).
 
     Returns per tile (row dict without sample/tile_id, outline labels, positive flags).
+    ``params["ihc_calibration"]``: the slide's IHC calibration (module docstring), or None.
     """
     from .nuclei import predict_labels, scale_percentile
 
@@ -159,16 +172,19 @@ def measure_tiles(rgbs: list[np.ndarray], nm, *, mpp: float, formula: str = "dab
     od_max = {**spec.get("od_max", {}), **(p["od_max"] or {})}
     norm = p["normalisation"] or spec.get("normalisation", "fixed")
     scale = float(mpp) / float(spec.get("mpp", mpp))
+    cal = p["ihc_calibration"]
+    cal = cal if cal is not None and cal.get("method", "slide") != "none" else None
+    od_scale = float(cal["od_scale"]) if cal is not None else 1.0
     results: list = [None] * len(rgbs)
     todo, stains_of = [], {}
     for i, rgb in enumerate(rgbs):
         rgb = np.asarray(rgb)
         if tissue_fraction(rgb, p["tissue_od"]) < p["min_tissue_fraction"]:
-            results[i] = (_empty_row("blank"), None, None)
+            results[i] = (_empty_row("blank", od_scale), None, None)
             continue
-        stains = stain_od(rgb)
+        stains = calibrated_stains(rgb, cal) if cal is not None else stain_od(rgb)
         if p["min_sharpness"] is not None and sharpness(stains) < float(p["min_sharpness"]):
-            results[i] = (_empty_row("blurred"), None, None)
+            results[i] = (_empty_row("blurred", od_scale), None, None)
             continue
         stains_of[i] = stains
         todo.append(i)
@@ -200,7 +216,9 @@ def measure_tiles(rgbs: list[np.ndarray], nm, *, mpp: float, formula: str = "dab
                 reason = "too_dense"
             ratio = math.nan if reason else ratio_from_areas(formula, row["positive_area_px"], row["nuclear_area_px"],
                                                              row["dab_area_px"], row["h_area_px"])
-            row.update(tumor_ratio=ratio, reason=reason)
+            # the threshold in the slide's own OD (calibrated DAB = own DAB × od_scale)
+            row.update(tumor_ratio=ratio, reason=reason, dab_threshold=row["dab_threshold"] / od_scale,
+                       od_scale=od_scale)
             results[i] = (row, outline, flags)
     return results
 
@@ -208,15 +226,17 @@ def measure_tiles(rgbs: list[np.ndarray], nm, *, mpp: float, formula: str = "dab
 # ---------------------------------------------------------------------------- tables
 def ground_truth_table(tiles: pd.DataFrame, ihc_path: str, model, *, sample: str, formula: str = "dab_over_all",
                        positivity: str = "mean_dab", params: dict | None = None, qc_path: str | None = None,
-                       qc_n: int = 4) -> pd.DataFrame:
+                       qc_n: int = 4, calibration: dict | None = None) -> pd.DataFrame:
     """Tumor ratio per kept tile of one sample's IHC slide (columns ``COLUMNS``).
 
     ``model`` is a :class:`tumormap.nuclei.NucleiModel` (from ``load_nuclei_model``).
     Rows with ``keep`` False are not read. Areas are in tile pixels (at the table's ``mpp``).
+    ``calibration``: the slide's IHC calibration (:mod:`tumormap.ihc_stain`; ``method: none``
+    or None: fixed stain vectors and OD ranges, as scanned), shown in the QC figure.
     """
     from .slides import TileReader
 
-    p = _params(formula, positivity, params)
+    p = _params(formula, positivity, {**(params or {}), "ihc_calibration": calibration})
     if "keep" not in tiles.columns:
         raise ValueError(f"sample {sample}: tile table has no 'keep' column (expected the ssim stage's output)")
     kept = tiles[tiles["keep"].astype(bool)]
@@ -250,9 +270,11 @@ def ground_truth_table(tiles: pd.DataFrame, ihc_path: str, model, *, sample: str
     table = pd.DataFrame(rows, columns=COLUMNS)
     table = table.astype({"sample": str, "tile_id": "int64", "n_nuclei": "int64", "n_positive": "int64",
                           "nuclear_area_px": "int64", "positive_area_px": "int64", "h_area_px": "int64",
-                          "dab_area_px": "int64", "tumor_ratio": "float64", "reason": str})
+                          "dab_area_px": "int64", "tumor_ratio": "float64", "reason": str,
+                          "dab_threshold": "float64", "od_scale": "float64"})
     if qc_path:
-        qc_gallery(table, gallery, qc_path, sample=sample, formula=formula, positivity=positivity)
+        qc_gallery(table, gallery, qc_path, sample=sample, formula=formula, positivity=positivity,
+                   calibration=calibration)
     return table
 
 
@@ -268,9 +290,29 @@ def outline_overlay(rgb: np.ndarray, labels: np.ndarray, flags: np.ndarray) -> n
     return out
 
 
+def calibration_note(calibration: dict | None, table: pd.DataFrame) -> str:
+    """One line for the QC: the slide's calibration and the DAB threshold it chose."""
+    thr = table["dab_threshold"].dropna() if len(table) else pd.Series(dtype=float)
+    if len(thr) and thr.nunique() == 1:
+        thr_txt = f"DAB threshold {thr.iloc[0]:.3f}"
+    elif len(thr):
+        thr_txt = f"DAB threshold {thr.min():.3f}–{thr.max():.3f} (per tile)"
+    else:
+        thr_txt = "no DAB threshold"
+    if not calibration or calibration.get("method", "slide") == "none":
+        return f"no stain calibration (fixed vectors, as scanned); {thr_txt} (OD)"
+    src = calibration.get("vector_source", {})
+    ang = calibration.get("angle_to_reference_deg", {})
+    return (f"calibration: nuclear H {calibration.get('nuclear_h', float('nan')):.3f} OD "
+            f"→ ×{calibration['od_scale']:.2f}; "
+            f"H vector {src.get('h', '?').split(' (')[0]} ({ang.get('h', 0):.0f}° from ref), "
+            f"DAB {src.get('dab', '?').split(' (')[0]} ({ang.get('dab', 0):.0f}°); {thr_txt} (slide's own OD)")
+
+
 def qc_gallery(table: pd.DataFrame, gallery: list, qc_path: str, *, sample: str, formula: str,
-               positivity: str) -> None:
-    """QC PNG: up to n tiles with outlines (red positive, cyan negative) and the ratio histogram."""
+               positivity: str, calibration: dict | None = None) -> None:
+    """QC PNG: up to n tiles with outlines (red positive, cyan negative), the ratio histogram,
+    and the slide's stain calibration with the DAB threshold it chose."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,9 +340,33 @@ def qc_gallery(table: pd.DataFrame, gallery: list, qc_path: str, *, sample: str,
         msg = "no kept tiles" if not len(table) else "no tile has a ratio"
         ax.text(0.5, 0.5, f"sample {sample}:\n{msg}", ha="center", va="center")
         ax.axis("off")
-    fig.suptitle(f"{sample}: {formula}, {positivity} (red: positive, cyan: negative)", fontsize=10)
+    fig.suptitle(f"{sample}: {formula}, {positivity} (red: positive, cyan: negative)\n"
+                 f"{calibration_note(calibration, table)}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, qc_path, dpi=80)
+
+
+def ground_truth_qc(table: pd.DataFrame, tiles: pd.DataFrame, ihc_path: str, model, *, sample: str,
+                    formula: str = "dab_over_all", positivity: str = "mean_dab", params: dict | None = None,
+                    qc_path: str, qc_n: int = 4, calibration: dict | None = None) -> None:
+    """The QC gallery from a finished ground-truth table: its ``qc_n`` tiles with the most
+    positive nuclei, segmented again (the same model, settings and calibration) to draw their outlines."""
+    from .slides import TileReader
+
+    p = _params(formula, positivity, {**(params or {}), "ihc_calibration": calibration})
+    top = table[table["n_nuclei"] > 0].sort_values(["n_positive", "tile_id"], ascending=[False, True]).head(qc_n)
+    chosen = tiles.set_index("tile_id").loc[top["tile_id"]].reset_index()
+    reader = TileReader(ihc_path, "ihc", sample)
+    gallery = []
+    for _, r in chosen.iterrows():
+        rgb = reader.read(r)
+        row, outline, flags = measure_tiles([rgb], model, mpp=float(r["mpp"]), formula=formula, positivity=positivity,
+                                            params=p)[0]
+        if outline is not None:
+            gallery.append((row["n_positive"], int(r["tile_id"]), rgb, outline, flags, row["tumor_ratio"]))
+    reader.close()
+    qc_gallery(table, gallery, qc_path, sample=sample, formula=formula, positivity=positivity,
+               calibration=calibration)
 
 
 # ---------------------------------------------------------------------------- real-data validation

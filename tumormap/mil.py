@@ -83,33 +83,80 @@ class DistributionPoolingMIL(nn.Module):
         """(B, N, J) features in [0, 1] (+ optional (B, N) mask) -> (B,) ratio in [0, 1].
 
         Lets a caller extract each tile's features once and pool many neighbourhoods.
+        Pooling and head run in fp32 even under autocast: the kernel densities of
+        bf16 features would be quantised to a few levels.
         """
-        pooled = distribution_pooling(features, self.n_bins, self.sigma, mask)
-        return torch.sigmoid(self.regressor(pooled.flatten(1))).squeeze(-1)
+        with torch.autocast(features.device.type, enabled=False):
+            pooled = distribution_pooling(features.float(), self.n_bins, self.sigma, mask)
+            return torch.sigmoid(self.regressor(pooled.flatten(1))).squeeze(-1)
+
+    @torch.no_grad()
+    def calibrate(self, instances: torch.Tensor) -> None:
+        """Set the extractor's output standardisation from a sample of instances (K, C, H, W)."""
+        standardise = self.extractor[-1] if isinstance(self.extractor, nn.Sequential) else self.extractor.fc[-1]
+        if not isinstance(standardise, FeatureStandardise):
+            raise TypeError("the extractor does not end in FeatureStandardise")
+        captured = []
+        hook = standardise.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+        try:
+            self.extractor(instances)
+        finally:
+            hook.remove()
+        standardise.calibrate(captured[0])
 
     def forward(self, bags: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, C, H, W) bags (+ optional (B, N) bool mask, True = present) -> (B,) ratio."""
         return self.ratio_from_features(self.features(bags), mask)
 
 
-def resnet18_extractor(in_channels: int = 3, n_features: int = 128,
-                       weights_path: str | Path | None = None) -> nn.Module:
-    """ResNet18 (``tumormap.regressor.resnet18_backbone``: local weights only) whose head,
-    Linear + BatchNorm, outputs ``n_features`` raw features."""
-    from .regressor import resnet18_backbone
+class FeatureStandardise(nn.Module):
+    """Per-feature affine standardisation whose statistics come from data once (``calibrate``)
+    and then stay fixed, so each instance's features depend on that instance alone.
 
-    net = resnet18_backbone(in_channels, weights_path)
-    # BatchNorm after the new head: raw features start with unit spread (see small_cnn_extractor)
-    net.fc = nn.Sequential(nn.Linear(512, n_features), nn.BatchNorm1d(n_features))
+    Replaces a BatchNorm head: raw features start with unit spread over the instances (after
+    the sigmoid they cover [0, 1] instead of all landing in the middle bin, which stalls the
+    first epochs), yet no bag's features move when its batch-mates change.
+    """
+
+    def __init__(self, n_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+        self.weight = nn.Parameter(torch.ones(n_features))
+        self.bias = nn.Parameter(torch.zeros(n_features))
+
+    @torch.no_grad()
+    def calibrate(self, raw: torch.Tensor) -> None:
+        """``raw``: (K, J) inputs of this layer for K ≥ 2 instances."""
+        raw = raw.float()
+        if raw.shape[0] < 2:
+            raise ValueError("calibration needs at least 2 instances")
+        self.mean.copy_(raw.mean(0))
+        self.std.copy_(raw.std(0).clamp_min(self.eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std * self.weight + self.bias
+
+
+def resnet18_extractor(in_channels: int = 3, n_features: int = 128,
+                       weights_path: str | Path | None = None, load_weights: bool = True) -> nn.Module:
+    """ResNet18 with per-instance normalisation (``backbones.resnet18_backbone(per_instance=True)``)
+    whose head, Linear + FeatureStandardise, outputs ``n_features`` raw features."""
+    from .models.backbones import resnet18_backbone
+
+    net = resnet18_backbone(in_channels, weights_path, per_instance=True, load_weights=load_weights)
+    net.fc = nn.Sequential(nn.Linear(512, n_features), FeatureStandardise(n_features))
     return net
 
 
 def small_cnn_extractor(n_features: int = 128) -> nn.Module:
     """A small CNN for 28x28 grey instances (1, 28, 28) -> (n_features,) raw features.
 
-    Ends in BatchNorm so the raw features start with unit spread: after the model's
-    sigmoid they cover [0, 1] instead of all landing in the middle bin (which stalls
-    the first epochs of training).
+    The MNIST-bag check (all digits of a batch on one device, as in the published UCC/Oner
+    reproduction) keeps a BatchNorm head: it reaches the check's goal in fewer epochs than a
+    fixed standardisation did (3-epoch held-out L1 0.27 vs 0.13 of the initial 0.27). The slide
+    model (``resnet18_extractor``) does not mix instances.
     """
     return nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),    # 8 x 14 x 14

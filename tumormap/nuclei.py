@@ -42,7 +42,8 @@ DEFAULT_OD_MAX = {"h": 0.45, "dab": 1.0}
 HE_OD_MAX_H = 1.5
 DEFAULT_TRAIN = dict(epochs=40, steps_per_epoch=50, patch_px=128, n_rays=32, grid=2, unet_n_depth=3,
                      unet_n_filter_base=16, batch_size=4, learning_rate=3e-4, val_fraction=0.15, seed=0,
-                     mpp=0.5, channel="h+dab")
+                     mpp=0.5, channel="h+dab", augment="none", augment_copies=4, calibrate=True)
+AUGMENT = ("none", "scanner")
 GBM40_MPP = 0.25  # assumed: 40× fields; nuclei median 539 px² ≈ 6.5 µm diameter, as DeepLIIF's 40× fields
 
 
@@ -161,11 +162,17 @@ def load_gbm40(directory: str | Path) -> tuple[list[np.ndarray], list[np.ndarray
     return images, labels, names
 
 
-def load_training_npz(path: str | Path, od_max: dict | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def load_training_npz(path: str | Path, od_max: dict | None = None, *, augment: str = "none",
+                      augment_copies: int = 4, seed: int = 0, calibrate: bool = False,
+                      augment_params: dict | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Synthetic IHC patches (``images``, ``labels``, ``positive``) → model training pairs.
 
     Each patch gives two pairs: the ``h+dab`` channel with all its nuclei, and the ``dab``
     channel with its DAB-positive nuclei only — the two inputs the ground-truth step feeds.
+    ``augment="scanner"`` adds ``augment_copies`` simulated-scanner copies of each patch
+    (:func:`scanner_copies`). ``calibrate``: the patches are one slide, calibrated as the ground
+    truth calibrates a slide (:mod:`tumormap.ihc_stain`, from the unchanged patches), so the
+    model learns the look the ground truth feeds it.
     """
     path = Path(path)
     try:
@@ -175,17 +182,39 @@ def load_training_npz(path: str | Path, od_max: dict | None = None) -> tuple[lis
         raise ValueError(f"{path}: not a nucleus training npz with images/labels/positive ({exc})") from exc
     if images.ndim != 4 or images.shape[-1] != 3 or labels.shape != images.shape[:3]:
         raise ValueError(f"{path}: images {images.shape} and labels {labels.shape} do not match (N,H,W,3)/(N,H,W)")
+    from .augment import HDAB_MATRIX
+    from .ihc_stain import calibrated_stains, estimate_ihc_calibration
+
+    cal = estimate_ihc_calibration(list(images)) if calibrate else None
+    rng = np.random.default_rng(seed)
     xs, ys = [], []
     for i in range(len(images)):
-        stains = stain_od(images[i])
         lab = labels[i].astype(np.int32)
-        xs.append(model_input(None, "h+dab", od_max, stains=stains))
-        ys.append(lab)
         pos_ids = _positive_ids(positive, i, lab)
-        if len(pos_ids):
-            xs.append(model_input(None, "dab", od_max, stains=stains))
-            ys.append(np.where(np.isin(lab, pos_ids), lab, 0).astype(np.int32))
+        for rgb in scanner_copies(images[i], augment, augment_copies, rng, HDAB_MATRIX, augment_params):
+            stains = calibrated_stains(rgb, cal) if cal is not None else stain_od(rgb)
+            xs.append(model_input(None, "h+dab", od_max, stains=stains))
+            ys.append(lab)
+            if len(pos_ids):
+                xs.append(model_input(None, "dab", od_max, stains=stains))
+                ys.append(np.where(np.isin(lab, pos_ids), lab, 0).astype(np.int32))
     return xs, ys
+
+
+def scanner_copies(rgb: np.ndarray, augment: str, copies: int, rng: np.random.Generator,
+                   matrix: np.ndarray, params: dict | None = None) -> list[np.ndarray]:
+    """The RGB image, plus (``augment="scanner"``) ``copies`` random scanner/staining changes of
+    it (:func:`tumormap.augment.random_scanner_change`: OD scale, stain vectors, blur, JPEG),
+    unmixed with stain ``matrix``, ranges ``params`` over ``tumormap.augment.DEFAULT_AUGMENT``.
+    Made before the stain channel, so each copy is deconvolved as a real scan would be; the
+    per-patch intensity jitter of training comes on top."""
+    if augment not in AUGMENT:
+        raise ValueError(f"ground_truth.nuclei_model.augment {augment!r}: expected one of {AUGMENT}")
+    if augment == "none":
+        return [rgb]
+    from .augment import random_scanner_change
+
+    return [rgb] + [random_scanner_change(rgb, rng, matrix, params) for _ in range(int(copies))]
 
 
 def _positive_ids(positive: np.ndarray, i: int, lab: np.ndarray) -> np.ndarray:
@@ -221,8 +250,9 @@ def rescale_pair(x: np.ndarray, y: np.ndarray, factor: float) -> tuple[np.ndarra
 def training_set(train_data: str, *, npz_paths: list[str] | None = None, params: dict | None = None) -> dict:
     """Training and validation pairs at the model's µm/px for ``train_data``:
 
-    ``synthetic``: the demo npz files (``h+dab`` with all nuclei, ``dab`` with positives);
-    a ``val_fraction`` is held out. ``gbm40``: the GBM40 H&E fields (hematoxylin OD on
+    ``synthetic``: the demo npz files (``h+dab`` with all nuclei, ``dab`` with positives),
+    each calibrated as one slide when ``calibrate``; a ``val_fraction`` is held out (with
+    ``augment``, copies of one patch may fall on both sides). ``gbm40``: the GBM40 H&E fields (hematoxylin OD on
     ``HE_OD_MAX_H``) resized from ``GBM40_MPP`` to ``mpp``, plus StarDist's fluorescence field;
     fields named in ``val_fields`` pick thresholds, ``test_fields`` are held out from both.
     Returns dict(x, y, val_x, val_y, test_x, test_y, info).
@@ -234,7 +264,9 @@ def training_set(train_data: str, *, npz_paths: list[str] | None = None, params:
             raise ValueError("train_data 'synthetic' needs at least one training npz")
         xs, ys = [], []
         for path in npz_paths:
-            x, y = load_training_npz(path, p.get("od_max"))
+            x, y = load_training_npz(path, p.get("od_max"), augment=str(p["augment"]),
+                                     augment_copies=int(p["augment_copies"]), seed=int(p["seed"]),
+                                     calibrate=bool(p["calibrate"]), augment_params=p.get("augment_params"))
             xs, ys = xs + x, ys + y
         rng = np.random.default_rng(int(p["seed"]))
         order = rng.permutation(len(xs))
@@ -242,7 +274,8 @@ def training_set(train_data: str, *, npz_paths: list[str] | None = None, params:
         val, tr = order[:n_val], order[n_val:]
         return dict(x=[xs[i] for i in tr], y=[ys[i] for i in tr], val_x=[xs[i] for i in val],
                     val_y=[ys[i] for i in val], test_x=[], test_y=[], info=dict(train_data="synthetic",
-                    npz=[str(q) for q in npz_paths], n_pairs=len(xs)))
+                    npz=[str(q) for q in npz_paths], n_pairs=len(xs), augment=str(p["augment"]),
+                    calibrated=bool(p["calibrate"])))
     if train_data == "gbm40":
         directory = Path(p.get("gbm40_dir") or "")
         if not (directory / "images").is_dir():
@@ -250,21 +283,30 @@ def training_set(train_data: str, *, npz_paths: list[str] | None = None, params:
                                     "ground_truth.nuclei_model.gbm40_dir")
         val_fields = [str(f) for f in p.get("val_fields", ["09", "10"])]
         test_fields = [str(f) for f in p.get("test_fields", ["11", "12"])]
+        from .augment import HED_MATRIX
+
         imgs, labs, names = load_gbm40(directory)
+        rng = np.random.default_rng(int(p["seed"]))
         out = dict(x=[], y=[], val_x=[], val_y=[], test_x=[], test_y=[])
         for img, lab, name in zip(imgs, labs, names):
-            h, _ = stain_od(img)
-            x, y = rescale_pair(scale_od(h, HE_OD_MAX_H), lab, GBM40_MPP / mpp)
             key = "test_" if name in test_fields else "val_" if name in val_fields else ""
-            out[key + "x"].append(x)
-            out[key + "y"].append(y)
+            # only training fields are augmented: thresholds and scores come from the fields as scanned
+            copies = scanner_copies(img, str(p["augment"]) if not key else "none", int(p["augment_copies"]), rng,
+                                    HED_MATRIX, p.get("augment_params"))
+            for rgb in copies:
+                h, _ = stain_od(rgb)
+                x, y = rescale_pair(scale_od(h, HE_OD_MAX_H), lab, GBM40_MPP / mpp)
+                out[key + "x"].append(x)
+                out[key + "y"].append(y)
         if p.get("with_fluo", True):
             fx, fy = fluo_example()
             out["x"].append(fx)
             out["y"].append(fy)
         out["info"] = dict(train_data="gbm40", gbm40_dir=str(directory), val_fields=val_fields,
                            test_fields=test_fields, gbm40_mpp=GBM40_MPP, he_od_max_h=HE_OD_MAX_H,
-                           with_fluo=bool(p.get("with_fluo", True)))
+                           with_fluo=bool(p.get("with_fluo", True)), augment=str(p["augment"]),
+                           augment_copies=int(p["augment_copies"]) if p["augment"] != "none" else 0,
+                           augment_params=p.get("augment_params"))
         return out
     raise ValueError(f"unknown train_data {train_data!r}; expected 'synthetic' or 'gbm40'")
 
@@ -492,3 +534,14 @@ def predict_labels(nm: NucleiModel, inputs: list[np.ndarray], *, scale: float = 
             scale=None if abs(scale - 1) <= 1e-6 else dict(X=scale, Y=scale))
         out.append(labels.astype(np.int32))
     return out
+
+
+def set_tensorflow_threads(threads: int) -> None:
+    """Run TensorFlow on the job's ``threads`` CPU threads (call before loading a model)."""
+    threads = max(1, int(threads))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    log.info("TensorFlow on %d CPU thread(s)", threads)

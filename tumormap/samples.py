@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 REQUIRED = ("sample", "he")
-OPTIONAL = ("ihc", "patient", "label", "purity", "mpp", "offset_x", "offset_y", "he_md5", "ihc_md5")
+OPTIONAL = ("ihc", "patient", "label", "purity", "mpp", "offset_x", "offset_y", "he_md5", "ihc_md5", "split")
+SPLITS = ("train", "val", "test")
 NUMERIC = {"purity": (0.0, 1.0), "mpp": (1e-3, 100.0), "offset_x": (None, None), "offset_y": (None, None)}
 
 
@@ -57,12 +58,15 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
                 raise SampleSheetError(f"{where}: column '{col}' = {value} is out of range [{lo}, {hi}]")
         if row["label"] and row["label"] not in ("tumor", "normal"):
             raise SampleSheetError(f"{where}: column 'label' must be 'tumor' or 'normal', not '{row['label']}'")
+        if row["split"] and row["split"] not in SPLITS:
+            raise SampleSheetError(f"{where}: column 'split' must be empty or one of {', '.join(SPLITS)}, "
+                                   f"not '{row['split']}'")
     dupes = df["sample"][df["sample"].duplicated()].tolist()
     if dupes:
         raise SampleSheetError(f"{path}: duplicate sample name(s): {', '.join(dupes)}")
     for col in NUMERIC:
         df[col] = pd.to_numeric(df[col].replace("", None))
-    for col in ("ihc", "patient", "label", "he_md5", "ihc_md5"):
+    for col in ("ihc", "patient", "label", "he_md5", "ihc_md5", "split"):
         df[col] = df[col].replace("", None)
     df["patient"] = df["patient"].fillna(df["sample"])
     return df.set_index("sample", drop=False)
@@ -81,3 +85,13 @@ def he_only_samples(samples: pd.DataFrame) -> list[str]:
 
 def optional_float(value) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def check_exclude(names, available) -> list[str]:
+    """The config's ``exclude:`` list, checked: every name must be a sample (else ValueError naming it)."""
+    names = [str(n) for n in (names or [])]
+    unknown = [n for n in names if n not in set(available)]
+    if unknown:
+        raise SampleSheetError(f"exclude: {', '.join(repr(n) for n in unknown)} not in the sample sheet "
+                               f"(samples: {', '.join(list(available)[:10])}{' ...' if len(available) > 10 else ''})")
+    return names

@@ -23,6 +23,14 @@ class SlideError(RuntimeError):
     """A slide cannot be used; the message names the sample and the file."""
 
 
+class MissingMppError(SlideError):
+    """A slide has no level-0 µm/px and no fallback was given; ``sample`` and ``path`` say which."""
+
+    def __init__(self, message: str, sample: str, path: str | Path):
+        super().__init__(message)
+        self.sample, self.path = sample, str(path)
+
+
 def open_slide(path: str | Path, sample: str = "?"):
     """Open ``path`` with OpenSlide, or raise SlideError naming sample and file."""
     import openslide
@@ -44,9 +52,9 @@ def slide_mpp(slide, fallback: float | None = None, sample: str = "?", path: str
         if mpp > 0:
             return mpp
     if fallback is None or not fallback > 0:
-        raise SlideError(
+        raise MissingMppError(
             f"sample {sample}: {path} has no openslide.mpp-x; give an `mpp` column in the sample sheet "
-            "or `tile.fallback_mpp` in the config")
+            "or `tile.fallback_mpp` in the config (`tumormap predict`: --mpp)", sample, path)
     log.warning("sample %s: %s has no openslide.mpp-x; using %.4g µm/px", sample, path, fallback)
     return float(fallback)
 
@@ -107,6 +115,49 @@ def read_tile(slide, x0: int, y0: int, plan: ReadPlan, out_px: int) -> np.ndarra
     return rgb
 
 
+def _registered(row, stain: str) -> bool:
+    value = row.get(f"{stain}_j00") if hasattr(row, "get") else None
+    return value is not None and bool(np.isfinite(value))
+
+
+def read_tile_mapped(slide, origin, jacobian, he_extent: float, plan: ReadPlan, out_px: int) -> np.ndarray:
+    """Read the IHC region an H&E tile maps to through a local affine, warped onto the tile.
+
+    The H&E tile's point ``u`` (level-0 px from its top-left corner, 0 ≤ u < ``he_extent``)
+    lies at ``origin + jacobian · u`` in this slide's level-0 px. The bounding box of the mapped
+    tile is read at ``plan.level``, box-filtered to about the output scale, then resampled
+    (bilinear) onto ``out_px``² pixels; out-of-slide and transparent pixels are white.
+    """
+    import cv2
+
+    origin = np.asarray(origin, np.float64)
+    jac = np.asarray(jacobian, np.float64)
+    corners = origin + np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.float64) * he_extent @ jac.T
+    ds = plan.level_downsample
+    x0, y0 = np.floor(corners.min(axis=0) - 2 * ds)
+    x1, y1 = np.ceil(corners.max(axis=0) + 2 * ds)
+    size = (max(1, int(math.ceil((x1 - x0) / ds))), max(1, int(math.ceil((y1 - y0) / ds))))
+    rgba = np.asarray(slide.read_region((int(x0), int(y0)), plan.level, size))
+    rgb = rgba[..., :3].copy()
+    if rgba[..., 3].min() < 255:
+        rgb[rgba[..., 3] == 0] = 255
+    shrink = plan.read_px / out_px  # level px per output px
+    if shrink > 1.5:  # area-average first, as read_tile's box filter does
+        small = (max(1, int(round(size[0] / shrink))), max(1, int(round(size[1] / shrink))))
+        rgb = cv2.resize(rgb, small, interpolation=cv2.INTER_AREA)
+        scale_xy = np.array([small[0] / size[0], small[1] / size[1]]) / ds  # region px per level-0 px
+    else:
+        scale_xy = np.array([1.0 / ds, 1.0 / ds])
+    # output pixel index (a, b) → H&E u = ((a, b) + 0.5) · step → level-0 q → region pixel index
+    step = he_extent / out_px
+    lin = (jac * step) * scale_xy[:, None]
+    offset = (origin + jac @ np.array([0.5 * step, 0.5 * step]) - np.array([x0, y0])) * scale_xy - 0.5
+    matrix = np.column_stack([lin, offset])
+    return cv2.warpAffine(np.ascontiguousarray(rgb), matrix, (out_px, out_px),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(255, 255, 255))
+
+
 def thumbnail(slide, max_px: int = 1024) -> tuple[np.ndarray, float]:
     """RGB thumbnail and its downsample factor relative to level 0."""
     w, h = slide.dimensions
@@ -151,7 +202,17 @@ class TileReader:
         plan = ReadPlan(level=int(row[f"{s}_level"]), level_downsample=float(row[f"{s}_downsample"]),
                         read_px=int(row[f"{s}_read_px"]), extent0=int(row[f"{s}_extent"]),
                         mpp0=float(row[f"{s}_mpp"]))
-        return read_tile(self.slide, row[f"{s}_x"], row[f"{s}_y"], plan, int(out_px or row["tile_px"]))
+        import openslide
+
+        try:
+            if _registered(row, s):  # the IHC through its registration (tiling.apply_registration)
+                jac = np.array([[row[f"{s}_j00"], row[f"{s}_j01"]], [row[f"{s}_j10"], row[f"{s}_j11"]]], np.float64)
+                return read_tile_mapped(self.slide, (float(row[f"{s}_origin_x"]), float(row[f"{s}_origin_y"])), jac,
+                                        float(row["he_extent"]), plan, int(out_px or row["tile_px"]))
+            return read_tile(self.slide, row[f"{s}_x"], row[f"{s}_y"], plan, int(out_px or row["tile_px"]))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"sample {self.sample}: cannot read a tile of {self.path} at ({row[f'{s}_x']}, "
+                             f"{row[f'{s}_y']}) ({type(exc).__name__}: {exc})") from exc
 
     def close(self) -> None:
         if self._slide is not None:

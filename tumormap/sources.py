@@ -42,7 +42,8 @@ def source_kind(value: str) -> str:
     return "local"
 
 
-def resolve_sheet(samples: pd.DataFrame | None, download_cfg: dict | None, resources_dir: str) -> pd.DataFrame:
+def resolve_sheet(samples: pd.DataFrame | None, download_cfg: dict | None, resources_dir: str,
+                  exclude: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """Resolve every slide source to a local path; see the module docstring.
 
     Returns the sheet (``sample`` as a column, one row per sample) with, for each stain
@@ -51,7 +52,8 @@ def resolve_sheet(samples: pd.DataFrame | None, download_cfg: dict | None, resou
     (bytes, from Zenodo; None otherwise). ``he`` is required, ``ihc`` may be empty
     (prediction-only samples; all its columns are then None). Sheets with only local
     paths never touch the network. Raises ValueError naming the row (header = row 1)
-    and column of a bad value.
+    and column of a bad value. ``exclude``: sample names (of the sheet or the record) left
+    out before anything is resolved; a name that is neither is an error.
     """
     cfg = download_cfg or {}
     zenodo_cfg = cfg.get("zenodo") or {}
@@ -67,6 +69,12 @@ def resolve_sheet(samples: pd.DataFrame | None, download_cfg: dict | None, resou
     sheet = _check_columns(samples)
     if zenodo_cfg.get("record") not in (None, ""):
         sheet = _merge_record(sheet, zenodo_cfg, files_of(str(zenodo_cfg["record"])))
+    if exclude:
+        from .samples import check_exclude
+
+        names = check_exclude(exclude, [_cell(v) for v in sheet["sample"]])
+        sheet = sheet[~sheet["sample"].map(_cell).isin(names)].reset_index(drop=True)
+        log.info("exclude: %s left out", ", ".join(names))
 
     if sheet.empty:
         raise ValueError("sample sheet: no samples (the sheet is empty and no Zenodo record is configured)")
@@ -218,7 +226,9 @@ def pair_record_files(files: dict[str, dict], pattern: str, stains: dict, record
 
     ``pattern`` has named groups ``sample`` and ``stain``; ``stains`` maps each of
     ``he`` / ``ihc`` to the ``stain`` group value(s) (a string or a list) naming it.
-    Files that do not match are ignored; samples missing a stain are left out (logged).
+    An optional named group ``patient`` gives each sample's patient (``"patient"`` in its
+    dict; both files of a sample must agree). Files that do not match are ignored; samples
+    missing a stain are left out (logged).
     """
     try:
         regex = re.compile(pattern)
@@ -245,10 +255,15 @@ def pair_record_files(files: dict[str, dict], pattern: str, stains: dict, record
             raise ValueError(f"Zenodo record {record}: sample {sample!r} has two {stain} files: "
                              f"{pairs[sample][stain]!r} and {key!r}; tighten download.zenodo.pattern")
         pairs[sample][stain] = key
+        if "patient" in regex.groupindex and match.group("patient"):
+            patient = pairs[sample].setdefault("patient", match.group("patient"))
+            if patient != match.group("patient"):
+                raise ValueError(f"Zenodo record {record}: sample {sample!r} has files of two patients "
+                                 f"({patient!r}, {match.group('patient')!r}): check the (?P<patient>...) group")
     if ignored:
         log.info("Zenodo record %s: %d files do not match the pattern, ignored: %s", record, len(ignored),
                  ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""))
-    incomplete = {s: p for s, p in pairs.items() if set(p) != set(STAINS)}
+    incomplete = {s: {k: p[k] for k in STAINS if k in p} for s, p in pairs.items() if not set(STAINS) <= set(p)}
     for sample, found in incomplete.items():
         log.warning("Zenodo record %s: sample %r has only %s (%s); left out", record, sample,
                     "/".join(found), ", ".join(found.values()))
@@ -287,13 +302,19 @@ def _merge_record(sheet: pd.DataFrame, zenodo_cfg: dict, files: dict[str, dict])
     """
     record = str(zenodo_cfg["record"])
     pairs = pair_record_files(files, zenodo_cfg.get("pattern") or "", zenodo_cfg.get("stains") or {}, record)
-    refs = {sample: {stain: f"zenodo:{record}/{key}" for stain, key in found.items()}
-            for sample, found in pairs.items()}
+    refs = {sample: {stain: f"zenodo:{record}/{found[stain]}" for stain in STAINS} for sample, found in pairs.items()}
+    patients = {sample: found["patient"] for sample, found in pairs.items() if "patient" in found}
     if sheet.empty:
-        return pd.DataFrame([{"sample": s, **refs[s]} for s in sorted(refs)])
+        rows = [{"sample": s, **refs[s], **({"patient": patients[s]} if s in patients else {})} for s in sorted(refs)]
+        return pd.DataFrame(rows, columns=list(dict.fromkeys([*sheet.columns, "sample", *STAINS]
+                                                             + (["patient"] if patients else []))))
     sheet = sheet.copy()
+    if patients and "patient" not in sheet.columns:
+        sheet["patient"] = None
     for i, row in sheet.iterrows():
         sample = _cell(row["sample"])
+        if sample in patients and _cell(row["patient"]) in ("", sample):  # blank (the sheet reader fills the sample)
+            sheet.at[i, "patient"] = patients[sample]
         for stain in STAINS:
             if _cell(row[stain]):
                 continue  # the sheet names this slide itself

@@ -50,6 +50,10 @@ def ssim_table(tissue: pd.DataFrame, he_path: str, ihc_path: str, sample: str, *
         ihc.close()
     out["ssim"] = scores
     out["keep"] = out["tissue_keep"].to_numpy() & (np.nan_to_num(scores, nan=-2.0) >= ssim_min)
+    if "registration_ok" in out and not out["registration_ok"].all():  # tiling.apply_registration
+        log.warning("sample %s: the IHC could not be registered to the H&E (score %.3f, see the register log): "
+                    "no tile pair is kept", sample, float(out["registration_score"].iloc[0]))
+        out["keep"] = False
     n = int(out["keep"].sum())
     if n == 0:
         log.warning("sample %s: no tile pair has SSIM >= %.2f (of %d tissue tiles): no ground truth for it",

@@ -149,18 +149,23 @@ def estimate_stain(tiles: Iterable[np.ndarray], *, I_0: float = 255.0,
     }
 
 
+# HistomicsTK's stain_color_map hematoxylin and eosin (histomicstk.preprocessing.color_deconvolution),
+# copied so that rules without HistomicsTK in their env (training, prediction) can use the reference.
+REFERENCE_HE = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11))
+
+
 def reference_stain() -> dict:
-    """Target stain: HistomicsTK's standard H and E vectors, Macenko's reference max concentrations."""
-    cd = _histomicstk()
-    w = np.array([cd.stain_color_map["hematoxylin"], cd.stain_color_map["eosin"]], dtype=float).T
-    matrix = cd.complement_stain_matrix(_pad(_unit_columns(w)))
+    """Target stain: HistomicsTK's standard H and E vectors (third column: their unit cross
+    product, as its complement_stain_matrix), Macenko's reference max concentrations."""
+    w = _unit_columns(np.array(REFERENCE_HE, dtype=float).T)
+    third = np.cross(w[:, 0], w[:, 1])
+    matrix = np.column_stack([w, third / np.linalg.norm(third)])
     return {
         "matrix": matrix.tolist(),
         "max_concentration": list(REFERENCE_MAX_CONCENTRATION),
         "I_0": 255.0,
         "method": "reference",
         "source": "histomicstk stain_color_map hematoxylin/eosin; Macenko 2009 maxCRef",
-        "histomicstk": _histomicstk_version(),
     }
 
 
@@ -255,6 +260,64 @@ def estimate_slide_stain(slide_path: str | Path, tiles, sample: str, *, n_tiles:
         raise ValueError(f"sample {sample} ({slide_path}): {err}") from None
     stain.update(sample=str(sample), slide=str(slide_path))
     return stain
+
+
+def stain_degeneracy(stain: dict, *, min_angle_deg: float = 10.0, min_component: float = -0.05) -> str:
+    """Why an estimated stain is unusable, or "" when it is fine.
+
+    Degenerate, measurably: a non-finite or singular matrix, an H or E OD vector with a
+    component below ``min_component`` (OD vectors point into the + octant), H and E vectors
+    less than ``min_angle_deg`` apart (one stain seen twice), or non-positive max concentrations.
+    """
+    m = np.asarray(stain.get("matrix"), dtype=np.float64)
+    c = np.asarray(stain.get("max_concentration"), dtype=np.float64)
+    if m.shape != (3, 3) or not np.isfinite(m).all():
+        return f"non-finite stain matrix {m.tolist()}"
+    if abs(np.linalg.det(m)) < 1e-6:
+        return f"singular stain matrix (det {np.linalg.det(m):.2g})"
+    h, e = _unit_columns(m[:, :2]).T
+    if min(h.min(), e.min()) < min_component:
+        return f"negative OD component in H {np.round(h, 3).tolist()} or E {np.round(e, 3).tolist()}"
+    angle = float(np.degrees(np.arccos(np.clip(abs(h @ e), 0.0, 1.0))))
+    if angle < min_angle_deg:
+        return f"H and E vectors {angle:.1f}° apart (< {min_angle_deg}°)"
+    if c.shape != (2,) or not (np.isfinite(c).all() and (c > 0).all()):
+        return f"non-positive max concentrations {c.tolist()}"
+    return ""
+
+
+def slide_stain_or_reference(slide_path: str | Path, tiles, sample: str, *, n_tiles: int = 64,
+                             tile_px: int | None = None, min_tissue_tiles: int = 1, min_angle_deg: float = 10.0,
+                             **kwargs) -> dict:
+    """:func:`estimate_slide_stain`, or the reference stain flagged with ``fallback: <reason>``.
+
+    Falls back when the slide has fewer than ``min_tissue_tiles`` tissue tiles, when the
+    estimate fails on the tissue (too few tissue pixels, singular matrix), or when the
+    estimated matrix is degenerate (:func:`stain_degeneracy`; the rejected estimate is kept
+    under ``rejected``). Errors reading the slide are raised, not hidden.
+    """
+    rows = tiles[tiles["keep"].astype(bool)] if "keep" in tiles.columns else tiles
+    n = len(rows)
+    reason, rejected = "", None
+    if n < max(1, int(min_tissue_tiles)):
+        reason = f"too little tissue: {n} tissue tiles (< stain.min_tissue_tiles {min_tissue_tiles})"
+    else:
+        try:
+            stain = estimate_slide_stain(slide_path, tiles, sample, n_tiles=n_tiles, tile_px=tile_px, **kwargs)
+        except ValueError as err:
+            reason = f"estimate failed: {err}"
+        else:
+            reason = stain_degeneracy(stain, min_angle_deg=min_angle_deg)
+            if not reason:
+                return stain
+            rejected = stain
+    from .logs import get_logger
+
+    get_logger("stain").warning("sample %s: stain of %s falls back to the reference: %s", sample, slide_path, reason)
+    out = dict(reference_stain(), sample=str(sample), slide=str(slide_path), fallback=reason)
+    if rejected is not None:
+        out["rejected"] = {k: rejected[k] for k in ("matrix", "max_concentration") if k in rejected}
+    return out
 
 
 def __getattr__(name: str) -> Any:

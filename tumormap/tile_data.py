@@ -42,9 +42,11 @@ class TileDataset(Dataset):
 
 
 def make_loader(dataset: TileDataset, *, batch_size: int, shuffle: bool, workers: int, seed: int,
-                pin_memory: bool) -> DataLoader:
-    generator = torch.Generator()
-    generator.manual_seed(seed)
+                pin_memory: bool, generator: torch.Generator | None = None) -> DataLoader:
+    """``generator`` (shuffling): pass the trainer's, so that a checkpoint carries its state."""
+    if generator is None:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       pin_memory=pin_memory, generator=generator, drop_last=False,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
@@ -96,3 +98,23 @@ def random_dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -
             part = part.flip(-1)
         out[idx] = torch.rot90(part, move & 3, dims=(-2, -1))
     return out
+
+
+def slide_batches(card: dict, tissue: pd.DataFrame, he_path: str, stain: dict, *, sample: str, device,
+                  batch_size: int, workers: int, progress: bool, what: str):
+    """Normalised batches (on ``device``) of a slide's tissue tiles, in table order, as the card says."""
+    from .logs import get_logger
+
+    log = get_logger("predict")
+    transform = BatchTransform([stain], card["stain"]["target"], card["channels"]).to(device)
+    loader = make_loader(TileDataset(tissue, {sample: he_path}, card["input_px"], target=None),
+                         batch_size=batch_size, shuffle=False, workers=workers, seed=0,
+                         pin_memory=device.type == "cuda")
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=f"{sample}: {what}", unit="batch")
+    for k, (images, _, idx) in enumerate(loader):
+        yield transform(images.to(device, non_blocking=True), idx.to(device, non_blocking=True))
+        if (k + 1) % 20 == 0:
+            log.info("sample %s: %s, %d/%d tiles", sample, what, min((k + 1) * batch_size, len(tissue)), len(tissue))

@@ -66,3 +66,48 @@ def tile_grid(he_path: str, ihc_path: str | None, sample: str, *, target_mpp: fl
 def grid_shape(tiles: pd.DataFrame) -> tuple[int, int]:
     """(rows, cols) of a sample's grid; stage tables keep every tile, with boolean columns."""
     return int(tiles["row"].max()) + 1, int(tiles["col"].max()) + 1
+
+
+REGISTRATION_COLUMNS = ("ihc_origin_x", "ihc_origin_y", "ihc_j00", "ihc_j01", "ihc_j10", "ihc_j11")
+
+
+def apply_registration(tiles: pd.DataFrame, registration: dict, transform=None) -> pd.DataFrame:
+    """Place each IHC tile through a registration (the dict the register rule writes, and its
+    :class:`tumormap.registration.Transform`, by default built from the dict).
+
+    Adds, per tile, the local affine of the transform over the H&E tile: ``ihc_origin_x/y``
+    (IHC level-0 position of the H&E tile's top-left corner, float) and ``ihc_j00 … ihc_j11``
+    (IHC level-0 px per H&E level-0 px; the H&E point ``he_x + u`` lies at ``origin + J·u``);
+    ``ihc_x/y`` become the rounded origin. The reader (:class:`tumormap.slides.TileReader`)
+    warps IHC tiles with these columns. ``registration_ok`` and ``registration_score`` carry
+    the pair's verdict: a pair that is not ok keeps no tile in the SSIM stage.
+    """
+    from .registration import Transform
+
+    transform = Transform.from_dict(registration) if transform is None else transform
+    out = tiles.copy()
+    he_x, he_y = out["he_x"].to_numpy(np.float64), out["he_y"].to_numpy(np.float64)
+    extent = out["he_extent"].to_numpy(np.float64)
+    # 3×3 sample points per tile, fitted by least squares (exact for an affine transform)
+    t = np.array([0.0, 0.5, 1.0])
+    uu, vv = (a.ravel() for a in np.meshgrid(t, t))
+    design = np.column_stack([uu, vv, np.ones_like(uu)])  # in tile extents
+    pinv = np.linalg.pinv(design)  # (3, 9)
+    pts = np.stack([he_x[:, None] + uu * extent[:, None], he_y[:, None] + vv * extent[:, None]], axis=-1)
+    mapped = transform.apply(pts.reshape(-1, 2)).reshape(len(out), len(uu), 2)
+    coef = np.einsum("kp,npd->nkd", pinv, mapped)  # (n, 3, 2): d/du, d/dv (per extent), origin
+    out["ihc_origin_x"], out["ihc_origin_y"] = coef[:, 2, 0], coef[:, 2, 1]
+    out["ihc_j00"], out["ihc_j01"] = coef[:, 0, 0] / extent, coef[:, 1, 0] / extent
+    out["ihc_j10"], out["ihc_j11"] = coef[:, 0, 1] / extent, coef[:, 1, 1] / extent
+    out["ihc_x"] = np.round(coef[:, 2, 0]).astype(np.int64)
+    out["ihc_y"] = np.round(coef[:, 2, 1]).astype(np.int64)
+    out["registration_ok"] = bool(registration["ok"])
+    out["registration_score"] = float(registration["score"])
+    sample = out["sample"].iloc[0] if len(out) else "?"
+    if registration["ok"]:
+        log.info("sample %s: IHC tiles placed through the %s registration (score %.3f)", sample,
+                 registration["method"], registration["score"])
+    else:
+        log.warning("sample %s: IHC not registered (%s): no tile pair of this sample will be kept", sample,
+                    registration["reason"])
+    return out

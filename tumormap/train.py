@@ -1,8 +1,16 @@
-"""Training the tile regressor: seeded, checkpointed every epoch, resumable.
+"""Training any model kind: seeded, checkpointed every epoch, resumable, guarded against
+non-finite losses, ending in a self-describing model folder.
 
-A trained model is a folder: ``model.pt`` (weights) and ``card.json`` (everything
-needed to use it: kind, input µm/px, tile size, channels, stain target, metrics,
-software versions, config hash).
+A trained model is a folder: ``model.pt`` (weights) and ``card.json`` (everything needed
+to use it: name, kind and options, input µm/px, tile size, channels, stain target, the
+train/val/test samples, software versions and the content key).
+
+A checkpoint is resumed only by the run that wrote it: it carries the *content key*, a
+hash of everything the model learns from (the training rows with their labels and split,
+the stain matrices and target, the learned options, tile geometry, the model code). When
+training ends the checkpoint is superseded by a small final record (best weights and
+history, no optimiser state); a rerun with the same key rewrites the folder from it
+without training again.
 """
 
 from __future__ import annotations
@@ -14,19 +22,22 @@ import platform
 import random
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from .io import atomic_path, read_json, save_figure, write_json
 from .logs import get_logger
+from .models import get_kind, learned_options
 
 log = get_logger("train")
 
-CARD_VERSION = 1
+CARD_VERSION = 2
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names epoch, batch and samples."""
 
 
 def seed_everything(seed: int) -> None:
@@ -42,10 +53,6 @@ def pick_device(prefer: str = "auto") -> torch.device:
     return torch.device("cuda")
 
 
-def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def software_versions() -> dict:
     import torchvision
 
@@ -55,40 +62,66 @@ def software_versions() -> dict:
             "python": platform.python_version()}
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path, expected_hash: str) -> dict | None:
-    """The last checkpoint if it belongs to this very configuration, else None."""
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("config_hash") != expected_hash:
-        log.info("checkpoint %s is from another configuration: starting afresh", path)
-        return None
-    return state
-
-
 def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
 
 
-def plot_history(history: pd.DataFrame, path: str, title: str) -> None:
+def _code_files(kind_cls) -> list[Path]:
+    import inspect
+
+    here = Path(__file__).parent
+    files = {Path(inspect.getfile(kind_cls)), here / "train.py", here / "tile_data.py", here / "stain.py",
+             here / "models" / "base.py", here / "models" / "backbones.py"}
+    files.update(here / f for f in getattr(kind_cls, "CODE", ()))
+    return sorted(files)
+
+
+def content_key(kind, rows: pd.DataFrame, stains: dict[str, dict], target_stain: dict, *, tile_mpp: float,
+                tile_px: int, extra: dict | None = None) -> str:
+    """Hash of everything a model learns from (see the module docstring)."""
+    h = hashlib.sha256()
+    samples = sorted(set(rows["sample"].astype(str)))
+    h.update(json.dumps({"kind": kind.kind, "options": learned_options(kind.options), "tile_mpp": tile_mpp,
+                         "tile_px": tile_px, "target": target_stain, "stains": {s: stains[s] for s in samples},
+                         "extra": extra or {}}, sort_keys=True, default=str).encode())
+    ordered = rows.sort_values(["sample", "tile_id"]).reset_index(drop=True)
+    ordered = ordered[sorted(ordered.columns)]
+    h.update(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes())
+    for path in _code_files(type(kind)):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def load_checkpoint(path: Path, key: str) -> dict | None:
+    """The checkpoint if this very training wrote it (same content key), else None."""
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("content_key") != key:
+        log.info("checkpoint %s was written by another training (its data, options or code differ): "
+                 "starting afresh", path)
+        return None
+    return state
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def plot_history(history: pd.DataFrame, path: str, title: str, validation: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    for col, label in (("train_loss", "train L1"), ("val_mae", "validation MAE")):
+    for col, label in (("train_loss", "training loss"), ("val", validation)):
         if col in history and history[col].notna().any():
             ax.plot(history["epoch"], history[col], marker="o", ms=3, label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("tumor ratio error")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -96,19 +129,24 @@ def plot_history(history: pd.DataFrame, path: str, title: str) -> None:
     save_figure(fig, path)
 
 
-def run_epochs(model, optimizer, scheduler, *, epochs: int, checkpoint_dir: str, chash: str,
-               train_epoch: Callable[[], tuple[float, int]], validate: Callable[[], float],
-               generators: dict[str, torch.Generator]) -> tuple[list[dict], dict]:
-    """The shared epoch loop: train, validate, keep the best weights, checkpoint atomically.
+def _describe_batch(samples: list[str]) -> str:
+    counts = pd.Series(samples).value_counts() if samples else pd.Series(dtype=int)
+    return ", ".join(f"{s} ({n})" for s, n in counts.items()) or "unknown"
 
-    Resumes from ``checkpoint_dir/last.pt`` when it was written with the same ``chash``
-    (model, optimiser, scheduler, history, best weights and every random generator), so a
-    preempted job continues where it stopped. ``train_epoch`` returns (mean loss, images).
+
+def run_epochs(kind, model, optimizer, scheduler, ctx, train_loader, val_loader, *, epochs: int, ckpt_path: Path,
+               key: str) -> tuple[list[dict], dict]:
+    """The shared epoch loop: hook, steps, validation, best weights, an atomic checkpoint per epoch.
+
+    Resumes from ``ckpt_path`` when it carries ``key`` (model, optimiser, scheduler, history,
+    best weights and every random generator), so a preempted job goes on where it stopped.
     """
-    ckpt_path = Path(checkpoint_dir) / "last.pt"
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    state = load_checkpoint(ckpt_path, chash)
-    start_epoch, history, best = 0, [], {"val_mae": float("inf"), "state": None, "epoch": -1}
+    generators = {"augment": ctx.augment_generator, "loader": ctx.loader_generator}
+    state = load_checkpoint(ckpt_path, key)
+    start_epoch, history, best = 0, [], {"val": float("inf"), "state": None, "epoch": -1}
+    if state is not None and state.get("final"):
+        log.info("%s: training with content key %s already finished (%s): reusing it", ctx.name, key, ckpt_path)
+        return state["history"], state["best"]
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -120,28 +158,47 @@ def run_epochs(model, optimizer, scheduler, *, epochs: int, checkpoint_dir: str,
         log.info("resuming from %s at epoch %d of %d", ckpt_path, start_epoch + 1, epochs)
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
+        kind.on_epoch_start(epoch, model, ctx, train_loader)
         model.train()
-        train_loss, n_images = train_epoch()
+        total, n_images, n_items = 0.0, 0, 0
+        for batch_no, batch in enumerate(train_loader, 1):
+            step = kind.step(model, batch, ctx)
+            if not torch.isfinite(step.loss.detach()).all():
+                raise NonFiniteLoss(f"model {ctx.name}: loss {step.loss.item()} at epoch {epoch + 1}, batch {batch_no}; "
+                                    f"samples in the batch: {_describe_batch(step.samples)}. Check these samples' "
+                                    f"stain JSON and tiles, or lower the learning rate ({kind.options['lr']})")
+            optimizer.zero_grad(set_to_none=True)
+            step.loss.backward()
+            optimizer.step()
+            items = max(1, len(step.samples))
+            total += step.loss.item() * items
+            n_items += items
+            n_images += step.n_images
         scheduler.step()
-        val_mae = validate()
+        val = kind.validate(model, val_loader, ctx) if val_loader is not None else float("nan")
         seconds = time.time() - t0
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_mae": val_mae, "lr": scheduler.get_last_lr()[0],
+        train_loss = total / max(1, n_items)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val": val, "lr": scheduler.get_last_lr()[0],
                "seconds": seconds, "images_per_s": n_images / max(1e-9, seconds)}
         history.append(row)
-        score = val_mae if np.isfinite(val_mae) else train_loss
-        if score <= best["val_mae"]:
-            best = {"val_mae": score, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        score = val if np.isfinite(val) else train_loss
+        if score <= best["val"]:
+            best = {"val": float(score), "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                     "epoch": epoch + 1}
         save_checkpoint(ckpt_path, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                                    "config_hash": chash, "rng_torch": torch.get_rng_state(),
+                                    "content_key": key, "rng_torch": torch.get_rng_state(),
                                     "rng": {name: gen.get_state() for name, gen in generators.items()}})
-        log.info("epoch %d/%d: train L1 %.4f, val MAE %.4f, %.1f img/s, %.1f s", epoch + 1, epochs, train_loss,
-                 val_mae, row["images_per_s"], seconds)
+        log.info("%s epoch %d/%d: training loss %.4f, %s %.4f, %.1f img/s, %.1f s", ctx.name, epoch + 1, epochs,
+                 train_loss, kind.VALIDATION, val, row["images_per_s"], seconds)
+    if best["state"] is None:
+        raise NonFiniteLoss(f"model {ctx.name}: no epoch gave a finite score; nothing to save")
+    save_checkpoint(ckpt_path, {"final": True, "history": history, "best": best, "content_key": key})
     return history, best
 
 
-def write_model_folder(out_dir: str, best: dict, history: list[dict], card: dict, title: str) -> dict:
+def write_model_folder(out_dir: str, best: dict, history: list[dict], card: dict, title: str,
+                       validation: str) -> dict:
     """``model.pt`` (best weights), ``history.csv``, ``loss_curve.png`` and ``card.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,101 +207,74 @@ def write_model_folder(out_dir: str, best: dict, history: list[dict], card: dict
     hist = pd.DataFrame(history)
     with atomic_path(out / "history.csv") as tmp:
         hist.to_csv(tmp, index=False)
-    plot_history(hist, str(out / "loss_curve.png"), title)
+    plot_history(hist, str(out / "loss_curve.png"), title, validation)
     card = {"card_version": CARD_VERSION, **card, "software": software_versions()}
-    card["training"].update(best_epoch=best["epoch"], best_val_mae=best["val_mae"])
+    card["training"].update(best_epoch=best["epoch"], best_val=best["val"])
     write_json(card, out / "card.json")
     return card
 
 
-def train_regressor(dataset_table: pd.DataFrame, slide_paths: dict[str, str], stains: dict[str, dict],
-                    target_stain: dict, out_dir: str, checkpoint_dir: str, cfg: dict, *, tile_mpp: float,
-                    tile_px: int) -> dict:
-    """Train ``TumorRatioRegressor`` on the train split, select on validation MAE.
+def train_model(name: str, options: dict, dataset_table: pd.DataFrame, slide_paths: dict[str, str],
+                stains: dict[str, dict], target_stain: dict, out_dir: str, checkpoint_dir: str, *, tile_mpp: float,
+                tile_px: int, test_samples: list[str] | tuple = (), extra: dict | None = None) -> dict:
+    """Train model ``name`` (``options["kind"]`` picks the kind) on the table's train split,
+    select on its val split; write ``out_dir/{model.pt, card.json, history.csv, loss_curve.png}``.
 
-    ``dataset_table``: kept tiles with a finite ``tumor_ratio`` and a ``split`` column.
-    Writes ``out_dir/{model.pt, card.json, history.csv, loss_curve.png}``; resumes from
-    ``checkpoint_dir/last.pt`` when it was written by the same configuration.
+    ``dataset_table``: the dataset (``split`` column); the kind picks its rows. ``extra``:
+    kind-specific inputs (e.g. ``{"purity": {...}, "labels": {...}}``), part of the content key.
     """
-    from .regressor import TumorRatioRegressor, ratio_to_bin
-    from .tile_data import BatchTransform, TileDataset, make_loader
+    from .tile_data import BatchTransform
 
-    seed = int(cfg.get("seed", 0))
+    kind = get_kind(options.get("kind", "?"), f"train.models.{name}")(options, name)
+    opts = kind.options
+    seed = int(opts["seed"])
     seed_everything(seed)
-    device = pick_device(cfg.get("device", "auto"))
-    channels = cfg.get("channels", "rgb")
-    in_channels = 3 if channels == "rgb" else 5
-    use_bins = bool(cfg.get("bins", False))
-    input_px = int(cfg.get("input_px") or tile_px)
-    table = dataset_table[np.isfinite(dataset_table["tumor_ratio"])]
-    train_t, val_t = table[table["split"] == "train"], table[table["split"] == "val"]
-    if len(train_t) == 0:
-        raise ValueError("no training tiles: every train-split tile lacks ground truth (see ssim/ground_truth logs)")
-    samples = sorted(set(table["sample"]))
-    transform = BatchTransform([stains[s] for s in samples], target_stain, channels).to(device)
+    device = pick_device(opts["device"])
+    rows = kind.training_rows(dataset_table)
+    rows = rows[rows["split"].isin(["train", "val"])].reset_index(drop=True)
+    if not (rows["split"] == "train").any():
+        raise ValueError(f"model {name}: no training rows (kind {kind.kind}); see results/qc/samples.tsv and the "
+                         f"ssim/ground_truth logs")
+    samples = sorted(set(rows["sample"].astype(str)))
+    missing = [s for s in samples if s not in stains or s not in slide_paths]
+    if missing:
+        raise ValueError(f"model {name}: no slide or stain given for sample(s) {', '.join(missing)}")
+    input_px = int(opts["input_px"] or tile_px)
+    ctx_extra = dict(extra or {})
+    from .models.base import TrainContext
 
-    def loader(t, shuffle):
-        ds = TileDataset(t, slide_paths, input_px, samples=samples)
-        return make_loader(ds, batch_size=int(cfg["batch_size"]), shuffle=shuffle, workers=int(cfg.get("workers", 2)),
-                           seed=seed, pin_memory=device.type == "cuda")
-
-    train_loader = loader(train_t, True)
-    val_loader = loader(val_t, False) if len(val_t) else None
-    model = TumorRatioRegressor(in_channels, bins=use_bins, weights_path=cfg.get("pretrained_weights")).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
-    epochs = int(cfg["epochs"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
-    chash = config_hash({"kind": "regressor", "cfg": cfg, "tiles": int(len(table)), "samples": samples,
-                         "tile_px": tile_px, "mpp": tile_mpp})
-    augment_gen = torch.Generator().manual_seed(seed + 1)
-    log.info("training the regressor on %s: %d train tiles, %d val tiles, %d epochs, input %d px, channels %s",
-             device, len(train_t), len(val_t), epochs, input_px, channels)
-
-    def train_epoch():
-        total, n = 0.0, 0
-        for images, targets, sample_idx in train_loader:
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            x = transform(images, sample_idx.to(device), augment=True, generator=augment_gen)
-            with autocast(device):
-                out = model(x)
-                loss = F.l1_loss(out["ratio"].float(), targets)
-                if use_bins:
-                    loss = loss + 0.1 * F.cross_entropy(out["bin_logits"].float(), ratio_to_bin(targets))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(targets)
-            n += len(targets)
-        return total / max(1, n), n
-
-    history, best = run_epochs(
-        model, optimizer, scheduler, epochs=epochs, checkpoint_dir=checkpoint_dir, chash=chash,
-        train_epoch=train_epoch,
-        validate=lambda: evaluate_loader(model, transform, val_loader, device) if val_loader else float("nan"),
-        generators={"augment": augment_gen, "loader": train_loader.generator})
+    ctx = TrainContext(name=name, table=rows, samples=samples, slide_paths=slide_paths,
+                       transform=BatchTransform([stains[s] for s in samples], target_stain, opts["channels"]).to(device),
+                       device=device, options=opts, input_px=input_px, workers=int(opts["workers"]),
+                       augment_generator=torch.Generator().manual_seed(seed + 1),
+                       loader_generator=torch.Generator().manual_seed(seed), extra=ctx_extra)
+    train_loader, val_loader = kind.loaders(ctx)
+    model = kind.network().to(device).to(memory_format=torch.channels_last)
+    optimizer = kind.optimizer(model)
+    scheduler = kind.scheduler(optimizer)
+    key = content_key(kind, rows, stains, target_stain, tile_mpp=tile_mpp, tile_px=tile_px, extra=ctx_extra)
+    epochs = int(opts["epochs"])
+    split_samples = {part: sorted(set(rows.loc[rows["split"] == part, "sample"].astype(str))) for part in ("train", "val")}
+    log.info("training %s (kind %s) on %s: %d train rows from %s, %d val rows from %s, %d epochs, input %d px, "
+             "content key %s", name, kind.kind, device, int((rows["split"] == "train").sum()),
+             ", ".join(split_samples["train"]), int((rows["split"] == "val").sum()),
+             ", ".join(split_samples["val"]) or "none", epochs, input_px, key)
+    ckpt_path = Path(checkpoint_dir) / "last.pt"
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    history, best = run_epochs(kind, model, optimizer, scheduler, ctx, train_loader, val_loader, epochs=epochs,
+                               ckpt_path=ckpt_path, key=key)
     card = {
-        "kind": "regressor", "architecture": "resnet18", "input_mpp": tile_mpp, "tile_px": tile_px,
-        "input_px": input_px, "channels": channels, "in_channels": in_channels, "bins": use_bins,
-        "stain": {"method": "macenko", "target": target_stain},
-        "training": {"samples": samples, "n_train_tiles": int(len(train_t)), "n_val_tiles": int(len(val_t)),
-                     "epochs": epochs, "config": cfg},
-        "config_hash": chash,
+        "name": name, "kind": kind.kind, "options": learned_options(opts), "input_mpp": tile_mpp, "tile_px": tile_px,
+        "input_px": input_px, "channels": opts["channels"], "in_channels": kind.in_channels,
+        "stain": {"method": "macenko", "target": target_stain}, **kind.card_fields(),
+        "training": {"train_samples": split_samples["train"], "val_samples": split_samples["val"],
+                     "test_samples": sorted(set(map(str, test_samples)) - set(samples)),
+                     "n_train_rows": int((rows["split"] == "train").sum()),
+                     "n_val_rows": int((rows["split"] == "val").sum()), "epochs": epochs,
+                     "validation": kind.VALIDATION},
+        "content_key": key,
     }
-    return write_model_folder(out_dir, best, history, card, "tile regressor")
-
-
-@torch.no_grad()
-def evaluate_loader(model, transform, loader, device) -> float:
-    model.eval()
-    errors, n = 0.0, 0
-    for images, targets, sample_idx in loader:
-        x = transform(images.to(device), sample_idx.to(device))
-        with autocast(device):
-            pred = model(x)["ratio"].float()
-        errors += (pred.cpu() - targets).abs().sum().item()
-        n += len(targets)
-    return errors / max(1, n)
+    return write_model_folder(out_dir, best, history, card, f"{name} ({kind.TITLE})", kind.VALIDATION)
 
 
 def load_card(model_dir: str | os.PathLike) -> dict:
@@ -257,10 +287,11 @@ def load_card(model_dir: str | os.PathLike) -> dict:
         card = read_json(card_path)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{card_path} is not valid JSON: {exc}") from None
-    missing = [k for k in ("card_version", "kind", "input_mpp", "tile_px", "input_px", "channels", "stain")
+    missing = [k for k in ("card_version", "kind", "options", "input_mpp", "tile_px", "input_px", "channels", "stain")
                if k not in card]
     if missing:
-        raise ValueError(f"{card_path} lacks {', '.join(missing)}")
+        raise ValueError(f"{card_path} lacks {', '.join(missing)}"
+                         + (" (a card of tumormap < 0.2: retrain the model)" if card.get("card_version") == 1 else ""))
     if card["card_version"] > CARD_VERSION:
         raise ValueError(f"{card_path} has card_version {card['card_version']}; this tumormap reads ≤ {CARD_VERSION}")
     if not (model_dir / "model.pt").exists():

@@ -1,8 +1,10 @@
-"""Rule dataset: kept tiles with their ground truth and split, across samples."""
+"""Rule dataset: tiles of the train/val samples with their ground truth, split and slide labels."""
 from tumormap.dataset import build_dataset
 from tumormap.io import write_parquet
 from tumormap.logs import setup_logging
 
 setup_logging(snakemake.log[0])
-write_parquet(build_dataset(snakemake.input.tiles, snakemake.input.ground_truth, snakemake.input.split),
-              snakemake.output.table)
+p = snakemake.params
+write_parquet(build_dataset(dict(zip(p.samples, snakemake.input.tiles)),
+                            dict(zip(p.paired, snakemake.input.ground_truth)), dict(p.split),
+                            labels=dict(p.labels), purity=dict(p.purity)), snakemake.output.table)

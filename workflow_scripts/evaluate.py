@@ -1,4 +1,4 @@
-"""Rule evaluate: test-split metrics of one model."""
+"""Rule evaluate: test-split metrics of one model against the IHC-derived ratio."""
 import pandas as pd
 
 from tumormap.evaluate import evaluation_table, plot_evaluation, regression_metrics
@@ -7,11 +7,11 @@ from tumormap.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 table = evaluation_table([pd.read_parquet(p) for p in snakemake.input.predictions],
-                         [pd.read_parquet(p) for p in snakemake.input.ground_truth],
-                         pd.read_csv(snakemake.input.split, sep="\t"))
-metrics = regression_metrics(table["tumor_ratio"], table["predicted_ratio"])
+                         [pd.read_parquet(p) for p in snakemake.input.ground_truth], snakemake.params.test_samples)
+metrics = regression_metrics(table["tumor_ratio"], table["predicted_ratio"],
+                             table["predicted_bin"] if "predicted_bin" in table else None)
 metrics["model"] = snakemake.wildcards.model
-metrics["test_samples"] = sorted(set(table["sample"]))
+metrics["test_samples"] = list(snakemake.params.test_samples)
 log.info("%s on the test split: %s", snakemake.wildcards.model, metrics)
 write_json(metrics, snakemake.output.metrics)
 plot_evaluation(table, metrics, snakemake.output.plot, snakemake.wildcards.model)
