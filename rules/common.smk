@@ -12,6 +12,7 @@ from tumormap.qc import KEEP_GOING_ENV
 from tumormap.samples import he_only_samples, optional_float, paired_samples, read_sample_sheet
 from tumormap.sources import resolve_sheet
 from tumormap.split import SplitError, check_split, split_samples
+from tumormap.weak_labels import check_alpha_beta, expand_grids
 
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -35,11 +36,18 @@ onstart:
 SAMPLES_ALL = list(samples.index)
 SAMPLES_PAIRED = paired_samples(samples)
 SAMPLES_HE_ONLY = he_only_samples(samples)
+config["train"]["models"] = expand_grids(config["train"]["models"])  # alphabeta_grid: paper → 15 entries
 MODELS = list(config["train"]["models"])
 for _name, _entry in config["train"]["models"].items():
     if _entry.get("kind") not in known_kinds():
         raise ValueError(f"config train.models.{_name}: unknown kind {_entry.get('kind')!r}; "
                          f"known kinds: {', '.join(known_kinds())}")
+    if _entry["kind"] == "alphabeta":
+        check_alpha_beta(_entry.get("alpha", 0.2), _entry.get("beta", 0.2), f"config train.models.{_name}")
+        if not (samples["label"] == "tumor").any():
+            raise ValueError(f"config train.models.{_name} (kind alphabeta) learns from slide labels, but no sample "
+                             f"of {config['samples']} has label 'tumor' (column `label`: tumor / normal): label "
+                             "slides or remove the entry")
 
 # The split is a pure function of the sheet (patients) and split.seed, known before any job:
 # so the dataset and the trainers depend on train/val samples only, and evaluation on test.
@@ -72,6 +80,12 @@ def usable_split(wildcards):
     if SPLIT_PROBLEM:
         raise SplitError(SPLIT_PROBLEM)
     return []
+
+
+def demo_tumor_free(wildcards):
+    """A demo slide is drawn without tumor when the sheet labels its sample normal."""
+    he = f"{config['resources_dir']}/demo/{wildcards.pair}_he.tiff"
+    return bool(((samples["he"] == he) & (samples["label"] == "normal")).any())
 
 
 def slide_path(stain):

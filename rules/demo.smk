@@ -13,6 +13,7 @@ rule demo_pair:
         region_px=lookup(dpath="demo/region_px", within=config),
         seed=lookup(dpath="demo/seed", within=config),
         ihc_warp=lambda wc: config["demo"].get("ihc_warp"),
+        tumor_free=demo_tumor_free,
     log:
         "logs/demo_pair/{pair}.log",
     benchmark:

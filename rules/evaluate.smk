@@ -37,6 +37,7 @@ rule evaluate:
         ),
     params:
         test_samples=TEST_PAIRED,
+        tumor_threshold=lookup(dpath="maps/tumor_threshold", within=config),
     log:
         "logs/evaluate/{model}.log",
     benchmark:

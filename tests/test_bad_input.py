@@ -28,6 +28,7 @@ def write_config(workdir: Path, sheet: str, **changes) -> dict:
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["samples"] = sheet
     cfg["tile"]["tile_px"] = 128
+    cfg["train"]["models"].pop("alphabeta")  # these sheets have no slide labels
     for section, values in changes.items():
         if isinstance(values, dict):
             cfg[section].update(values)

@@ -27,6 +27,7 @@ def tiny_config(workdir: Path) -> dict:
     cfg["ground_truth"]["nuclei_model"].update(epochs=8, steps_per_epoch=30)
     cfg["train"]["models"]["regressor"].update(epochs=2, input_px=64, batch_size=16, workers=0)
     cfg["train"]["models"]["mil"].update(workers=0, epochs=2, bag_size=8, bags_per_sample=6, map_k=8)
+    cfg["train"]["models"]["alphabeta"].update(workers=0, epochs=2, patches=16, steps_per_slide=2)
     cfg["stain"]["n_tiles"] = 8
     cfg["maps"]["thumbnail_px"] = 256
     return cfg
@@ -35,13 +36,13 @@ def tiny_config(workdir: Path) -> dict:
 def write_workdir(workdir: Path, cfg: dict, remote: dict[str, tuple[str, str, str, str]] | None = None) -> None:
     """Config and sheet; ``remote[sample] = (he URL, ihc URL, he md5, ihc md5)`` for served pairs."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    rows = ["sample\the\tihc\tpatient\toffset_x\toffset_y\the_md5\tihc_md5"]
+    rows = ["sample\the\tihc\tpatient\toffset_x\toffset_y\the_md5\tihc_md5\tlabel"]
     for i in range(1, N_PAIRS + 1):
         s = f"demo{i}"
         he, ihc, he_md5, ihc_md5 = (remote or {}).get(s, (f"resources/demo/{s}_he.tiff",
                                                           f"resources/demo/{s}_ihc.tiff", "", ""))
-        rows.append(f"{s}\t{he}\t{ihc}\tP{i}\t12\t-8\t{he_md5}\t{ihc_md5}")
-    rows.append(f"{HE_ONLY}\tresources/demo/{HE_ONLY}_he.tiff\t\tP9\t\t\t\t")  # prediction only
+        rows.append(f"{s}\t{he}\t{ihc}\tP{i}\t12\t-8\t{he_md5}\t{ihc_md5}\ttumor")
+    rows.append(f"{HE_ONLY}\tresources/demo/{HE_ONLY}_he.tiff\t\tP9\t\t\t\t\t")  # prediction only
     (workdir / "samples.tsv").write_text("\n".join(rows) + "\n")
 
 
@@ -128,6 +129,11 @@ def test_every_output_exists_and_is_sane(demo_run):
     split = pd.read_csv(workdir / "results/split.tsv", sep="\t")
     assert metrics["n"] > 0 and metrics["test_samples"] == sorted(split.loc[split["split"] == "test", "sample"])
     assert metrics["bin_source"] == "binned predicted ratio"  # the tiny regressor trains no 3-bin head
+    card = json.loads((workdir / "results/models/alphabeta/card.json").read_text())
+    assert card["kind"] == "alphabeta" and card["training"]["train_samples"] == sorted(
+        split.loc[split["split"] == "train", "sample"])  # labelled slides only: HE_ONLY has no label
+    detection = json.loads((workdir / "results/evaluate/alphabeta/metrics.json").read_text())
+    assert 0 <= detection["tumor_auc"] <= 1 and detection["n_tumor_tiles"] + detection["n_normal_tiles"] == detection["n"]
     tissue = pd.read_parquet(workdir / "results/tissue/demo1.parquet")
     assert 0 < tissue["tissue_keep"].sum() < len(tissue)  # the demo has glass to drop
     ssim = pd.read_parquet(workdir / "results/ssim/demo1.parquet")
@@ -183,7 +189,7 @@ def test_he_only_sample_is_mapped_but_never_trained_on(demo_run):
     assert HE_ONLY not in set(split["sample"])
     assert not (workdir / f"results/ssim/{HE_ONLY}.parquet").exists()
     assert not (workdir / f"results/ground_truth/{HE_ONLY}.parquet").exists()
-    for model in ("regressor", "mil"):
+    for model in ("regressor", "mil", "alphabeta"):  # every kind maps from its card
         arrays = np.load(workdir / f"results/maps/{model}/{HE_ONLY}.npz")
         assert np.isfinite(arrays["predicted"]).sum() > 10 and np.isnan(arrays["ihc"]).all()
         summary = pd.read_csv(workdir / f"results/maps/{model}/summary.csv")

@@ -58,7 +58,7 @@ _GLASS_OD = 0.012
 
 def make_demo_pair(he_path, ihc_path, truth_path, *, seed: int, size_px: int = 6144, mpp: float = 0.25,
                    ihc_offset: tuple[int, int] = (12, -8), region_px: int = 2048, tear: bool = True,
-                   ihc_warp: "IhcWarp | dict | None" = None) -> dict:
+                   ihc_warp: "IhcWarp | dict | None" = None, tumor_free: bool = False) -> dict:
     """Write a synthetic H&E/IHC pair of pyramidal TIFFs and its region truth table.
 
     size_px: level-0 width = height (px); mpp: level-0 µm/px; ihc_offset: (dx, dy) level-0 px,
@@ -68,6 +68,7 @@ def make_demo_pair(he_path, ihc_path, truth_path, *, seed: int, size_px: int = 6
     ihc_warp: an :class:`IhcWarp` (or its fields as a dict) that rotates, flips, shifts and
     elastically warps the IHC after rendering (default none: the IHC is the shifted scene only).
     :func:`demo_ihc_mapping` of the returned summary maps H&E points to the IHC exactly.
+    tumor_free: every region's tumor fraction is 0 (a 'normal' slide for slide-label training).
 
     The truth Parquet has one row per region: ``region_id, x0, y0, x1, y1`` (H&E level-0 px,
     end exclusive), ``tumor_fraction`` (the region's drawn tumor share of nuclei by count;
@@ -96,6 +97,8 @@ def make_demo_pair(he_path, ihc_path, truth_path, *, seed: int, size_px: int = 6
     he_view = _View(-origin[0], -origin[1], size_px)
     tissue_frac = grid.mean_per_region(tissue.hard[he_view.rows(0, size_px), he_view.cols])
     fractions, keep_clear = grid.assign_fractions(rng, tissue_frac)
+    if tumor_free:
+        fractions = np.where(np.isnan(fractions), np.nan, 0.0)
     tear_mask = _slide_tear(rng, origin, mpp, grid, tissue_frac, keep_clear) if tear else None
     log.info("demo pair seed %d: %d px at %.3g µm/px, tissue %.0f %%, %d regions (%d empty)", seed, size_px,
              mpp, 100 * float(tissue.hard[he_view.rows(0, size_px), he_view.cols].mean()), grid.n, len(empty))

@@ -47,6 +47,26 @@ def regression_metrics(y_true, y_pred, pred_bin=None) -> dict:
     return metrics
 
 
+def roc_auc(positive, score) -> float:
+    """Area under the ROC curve (Mann–Whitney U with mid-ranks for ties); NaN without both classes."""
+    positive, score = np.asarray(positive, bool), np.asarray(score, float)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(score).rank(method="average").to_numpy()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def tumor_detection_metrics(y_true_ratio, score, threshold: float) -> dict:
+    """Tile AUC of ``score`` against the IHC truth 'ratio ≥ threshold' (maps.tumor_threshold):
+    what a tumor/normal classifier (alphabeta) is judged on, and a regressor too."""
+    y, s = np.asarray(y_true_ratio, float), np.asarray(score, float)
+    ok = np.isfinite(y) & np.isfinite(s)
+    positive = y[ok] >= threshold
+    return {"tumor_threshold": float(threshold), "tumor_auc": roc_auc(positive, s[ok]),
+            "n_tumor_tiles": int(positive.sum()), "n_normal_tiles": int((~positive).sum())}
+
+
 def evaluation_table(predictions: list[pd.DataFrame], ground_truth: list[pd.DataFrame],
                      samples: list[str]) -> pd.DataFrame:
     """Predicted and IHC ratios of the given (test) samples' tiles that have both."""

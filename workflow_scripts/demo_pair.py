@@ -8,5 +8,6 @@ log = setup_logging(snakemake.log[0])
 p = snakemake.params
 seed = p.seed * 1000 + zlib.crc32(snakemake.wildcards.pair.encode()) % 1000
 summary = make_demo_pair(snakemake.output.he, snakemake.output.ihc, snakemake.output.truth, seed=seed,
-                         size_px=p.size_px, mpp=p.mpp, region_px=p.region_px, ihc_warp=p.ihc_warp or None)
+                         size_px=p.size_px, mpp=p.mpp, region_px=p.region_px, ihc_warp=p.ihc_warp or None,
+                         tumor_free=p.tumor_free)
 log.info("demo pair %s: %s", snakemake.wildcards.pair, summary)
