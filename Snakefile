@@ -44,4 +44,5 @@ rule all:
         qc=expand("results/ground_truth/{sample}.qc.png", sample=SAMPLES_PAIRED),
         sheet="results/samples_resolved.tsv",
         sample_qc="results/qc/samples.tsv",
+        alphabeta=["results/evaluate/alphabeta_grid.csv"] if ALPHABETA_MODELS else [],
     default_target: True

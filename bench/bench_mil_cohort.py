@@ -38,8 +38,8 @@ def main() -> int:
     cfg["samples"] = "samples.tsv"
     cfg["train"]["models"] = {"mil": dict(cfg["train"]["models"]["mil"], epochs=args.epochs)}
     (out / "config.yaml").write_text(yaml.safe_dump(cfg))
-    subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(out),
-                    "--cores", args.cores, "--resources", "gpu=1", "all"], check=True)
+    subprocess.run([str(Path(sys.executable).parent / "snakemake"), "all", "-s", str(REPO / "Snakefile"), "-d", str(out),
+                    "--cores", args.cores, "--resources", "gpu=1"], check=True)
     metrics = json.loads((out / "results/evaluate/mil/metrics.json").read_text())
     print(f"MIL test MAE {metrics['mae']:.3f} (goal ≤ 0.08), Pearson r {metrics['pearson_r']:.3f}, "
           f"{metrics['n']} tiles of {', '.join(metrics['test_samples'])}")

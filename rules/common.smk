@@ -38,6 +38,7 @@ SAMPLES_PAIRED = paired_samples(samples)
 SAMPLES_HE_ONLY = he_only_samples(samples)
 config["train"]["models"] = expand_grids(config["train"]["models"])  # alphabeta_grid: paper → 15 entries
 MODELS = list(config["train"]["models"])
+ALPHABETA_MODELS = [m for m, e in config["train"]["models"].items() if e.get("kind") == "alphabeta"]
 for _name, _entry in config["train"]["models"].items():
     if _entry.get("kind") not in known_kinds():
         raise ValueError(f"config train.models.{_name}: unknown kind {_entry.get('kind')!r}; "
@@ -86,6 +87,12 @@ def demo_tumor_free(wildcards):
     """A demo slide is drawn without tumor when the sheet labels its sample normal."""
     he = f"{config['resources_dir']}/demo/{wildcards.pair}_he.tiff"
     return bool(((samples["he"] == he) & (samples["label"] == "normal")).any())
+
+
+def demo_truth(sample):
+    """The drawn-region truth of a demo slide (None for any other slide)."""
+    match = re.fullmatch(re.escape(f"{config['resources_dir']}/demo/") + r"(.+)_he\.tiff", str(samples.at[sample, "he"]))
+    return f"{config['resources_dir']}/demo/{match.group(1)}_truth.parquet" if match else None
 
 
 def slide_path(stain):

@@ -27,6 +27,7 @@ rule evaluate:
         usable_split,
         predictions=expand("results/predictions/{{model}}/{sample}.parquet", sample=TEST_PAIRED),
         ground_truth=expand(rules.ground_truth.output.table, sample=TEST_PAIRED),
+        regions=[demo_truth(s) for s in TEST_PAIRED if demo_truth(s)],
     output:
         metrics="results/evaluate/{model}/metrics.json",
         plot=report(
@@ -38,6 +39,7 @@ rule evaluate:
     params:
         test_samples=TEST_PAIRED,
         tumor_threshold=lookup(dpath="maps/tumor_threshold", within=config),
+        region_samples=[s for s in TEST_PAIRED if demo_truth(s)],
     log:
         "logs/evaluate/{model}.log",
     benchmark:
@@ -71,3 +73,29 @@ rule compare_models:
         "../envs/slides.yaml"
     script:
         "../workflow_scripts/compare_models.py"
+
+
+rule alphabeta_grid:
+    """The paper's Table 1: test tile AUC of every α/β model over (α, β)."""
+    input:
+        metrics=expand(rules.evaluate.output.metrics, model=ALPHABETA_MODELS),
+    output:
+        table="results/evaluate/alphabeta_grid.csv",
+        plot=report(
+            "results/evaluate/alphabeta_grid.png",
+            caption="../report/alphabeta_grid.rst",
+            category="Evaluation",
+        ),
+    params:
+        grid={m: [config["train"]["models"][m].get("alpha", 0.2), config["train"]["models"][m].get("beta", 0.2)]
+              for m in ALPHABETA_MODELS},
+    log:
+        "logs/alphabeta_grid.log",
+    benchmark:
+        "benchmarks/alphabeta_grid.tsv"
+    message:
+        "Tabulating the α/β models' test AUC over (α, β)"
+    conda:
+        "../envs/slides.yaml"
+    script:
+        "../workflow_scripts/alphabeta_grid.py"

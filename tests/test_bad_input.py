@@ -211,3 +211,15 @@ def test_exclude_drops_samples_and_unknown_names_are_errors(tmp_path):
             assert "results/tiles/a.parquet" in out and "results/tiles/b.parquet" not in out
         else:
             assert proc.returncode != 0 and "exclude: 'nope' not in the sample sheet" in out
+
+
+def test_an_empty_split_stops_only_the_rules_that_need_the_split(tmp_path):
+    (tmp_path / "s.tsv").write_text("sample\the\tihc\na\ta_he.svs\ta_ihc.svs\n")
+    for name in ("a_he.svs", "a_ihc.svs"):
+        (tmp_path / name).write_bytes(b"not read in a dry run")
+    write_config(tmp_path, "s.tsv")
+    tiles = workflow(tmp_path, "-n", "results/ssim/a.parquet")  # one patient: per-sample stages still run
+    assert tiles.returncode == 0 and "results/ssim/a.parquet" in tiles.stdout, (tiles.stdout + tiles.stderr)[-3000:]
+    split = workflow(tmp_path, "-n", "results/split.tsv")
+    out = split.stdout + split.stderr
+    assert split.returncode != 0 and "split: no patient in" in out and "split.seed 170" in out, out[-3000:]

@@ -105,3 +105,22 @@ def test_model_kinds_are_found_without_torch_and_an_unknown_kind_names_the_card(
     with pytest.raises(ValueError, match=r"m/card.json: unknown model kind 'unet'; known kinds: .*mil.*regressor"):
         get_kind("unet", "m/card.json")
     assert get_kind("mil").kind == "mil"
+
+
+def test_region_auc_scores_tiles_against_the_drawn_regions_and_the_grid_table_orders_alpha_beta(tmp_path):
+    from tumormap.evaluate import alphabeta_grid_table, plot_alphabeta_grid, region_detection_metrics
+
+    regions = pd.DataFrame({"x0": [0, 100], "y0": [0, 0], "x1": [100, 200], "y1": [100, 100],
+                            "tumor_fraction": [0.9, 0.1]})
+    pred = pd.DataFrame({"sample": "s", "he_x": [0, 50, 100, 150, 300], "he_y": 0, "he_extent": 50,
+                         "predicted_ratio": [0.8, 0.3, 0.2, 0.1, 0.9]})  # the last tile lies in no region
+    assert region_detection_metrics([pred], {"s": regions}, 0.5) == {"region_auc": 1.0, "region_auc_tiles": 4}
+    swapped = pred.assign(predicted_ratio=[0.1, 0.2, 0.8, 0.3, 0.9])
+    assert region_detection_metrics([swapped], {"s": regions}, 0.5)["region_auc"] == 0.0
+    assert region_detection_metrics([pred], {"other": regions}, 0.5) == {}
+
+    metrics = {"b": {"tumor_auc": 0.7}, "a": {"tumor_auc": 0.9, "region_auc": 0.95}}
+    table = alphabeta_grid_table(metrics, {"b": (0.4, 0.0), "a": (0.2, 0.2)})
+    assert list(table["model"]) == ["a", "b"] and table.loc[0, "region_auc"] == 0.95 and np.isnan(table.loc[1, "region_auc"])
+    plot_alphabeta_grid(table, str(tmp_path / "grid.png"))
+    assert (tmp_path / "grid.png").stat().st_size > 0

@@ -67,6 +67,33 @@ def tumor_detection_metrics(y_true_ratio, score, threshold: float) -> dict:
             "n_tumor_tiles": int(positive.sum()), "n_normal_tiles": int((~positive).sum())}
 
 
+def region_fraction(tiles: pd.DataFrame, regions: pd.DataFrame) -> np.ndarray:
+    """Per tile, the drawn tumor fraction of the synthetic region holding its centre (NaN outside
+    every region). ``tiles``: ``he_x, he_y, he_extent``; ``regions``: a demo truth table."""
+    cx = (tiles["he_x"] + tiles["he_extent"] / 2).to_numpy(float)
+    cy = (tiles["he_y"] + tiles["he_extent"] / 2).to_numpy(float)
+    out = np.full(len(tiles), np.nan)
+    for r in regions.itertuples():
+        out[(cx >= r.x0) & (cx < r.x1) & (cy >= r.y0) & (cy < r.y1)] = r.tumor_fraction
+    return out
+
+
+def region_detection_metrics(predictions: list[pd.DataFrame], regions: dict[str, pd.DataFrame],
+                             threshold: float) -> dict:
+    """Tile AUC of ``predicted_ratio`` against the synthetic slides' drawn tumor regions
+    (region tumor fraction ≥ ``threshold``), over the samples in ``regions``."""
+    truth, score = [], []
+    for pred in predictions:
+        if len(pred) and str(pred["sample"].iloc[0]) in regions:
+            truth.append(region_fraction(pred, regions[str(pred["sample"].iloc[0])]))
+            score.append(pred["predicted_ratio"].to_numpy(float))
+    if not truth:
+        return {}
+    y, s = np.concatenate(truth), np.concatenate(score)
+    ok = np.isfinite(y) & np.isfinite(s)
+    return {"region_auc": roc_auc(y[ok] >= threshold, s[ok]), "region_auc_tiles": int(ok.sum())}
+
+
 def evaluation_table(predictions: list[pd.DataFrame], ground_truth: list[pd.DataFrame],
                      samples: list[str]) -> pd.DataFrame:
     """Predicted and IHC ratios of the given (test) samples' tiles that have both."""
@@ -102,5 +129,45 @@ def plot_evaluation(table: pd.DataFrame, metrics: dict, path: str, title: str) -
     for i in range(3):
         for j in range(3):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def alphabeta_grid_table(metrics: dict[str, dict], grid: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    """One row per α/β model: ``model, alpha, beta`` and its test AUCs (IHC truth; synthetic regions
+    where the test slides are demo slides), sorted by α then β (the paper's Table 1 as a table)."""
+    rows = [{"model": name, "alpha": float(grid[name][0]), "beta": float(grid[name][1]),
+             "tumor_auc": metrics[name].get("tumor_auc", np.nan),
+             "region_auc": metrics[name].get("region_auc", np.nan)} for name in grid]
+    return pd.DataFrame(rows, columns=["model", "alpha", "beta", "tumor_auc", "region_auc"]).sort_values(
+        ["alpha", "beta"]).reset_index(drop=True)
+
+
+def plot_alphabeta_grid(table: pd.DataFrame, path: str) -> None:
+    """Heatmap of the test tile AUC over (α, β), one panel per truth that was measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import save_figure
+
+    columns = [c for c in ("tumor_auc", "region_auc") if table[c].notna().any()] or ["tumor_auc"]
+    alphas, betas = sorted(table["alpha"].unique()), sorted(table["beta"].unique())
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), dpi=110, squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        grid = np.full((len(alphas), len(betas)), np.nan)
+        for row in table.itertuples():
+            grid[alphas.index(row.alpha), betas.index(row.beta)] = getattr(row, column)
+        image = ax.imshow(grid, cmap="viridis", vmin=0.5, vmax=1.0, origin="lower")
+        for i in range(len(alphas)):
+            for j in range(len(betas)):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set(xticks=range(len(betas)), xticklabels=[f"{b:g}" for b in betas], xlabel="β",
+               yticks=range(len(alphas)), yticklabels=[f"{a:g}" for a in alphas], ylabel="α",
+               title={"tumor_auc": "tile AUC vs IHC ratio ≥ threshold",
+                      "region_auc": "tile AUC vs drawn tumor regions"}[column])
+        fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
     save_figure(fig, path)

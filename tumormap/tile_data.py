@@ -62,15 +62,16 @@ class BatchTransform(torch.nn.Module):
     """uint8 NHWC batch → normalised float NCHW batch on the device (channels_last).
 
     Macenko normalisation to the target stain with each tile's own slide stain, then
-    (training only) random flips and 90° rotations per tile.
+    (training only) random flips and 90° rotations per tile. ``normalise=False`` feeds the
+    tiles as scanned (every slide's stain taken as the target's: the identity).
     """
 
-    def __init__(self, source_stains: list[dict], target_stain: dict, channels: str):
+    def __init__(self, source_stains: list[dict], target_stain: dict, channels: str, normalise: bool = True):
         super().__init__()
         from .stain import StainTransform, stack_stains
 
         self.stain = StainTransform(target_stain, channels)
-        matrices, max_conc = stack_stains(source_stains)
+        matrices, max_conc = stack_stains(source_stains if normalise else [target_stain] * len(source_stains))
         self.register_buffer("source_matrix", torch.as_tensor(np.asarray(matrices), dtype=torch.float32))
         self.register_buffer("source_max", torch.as_tensor(np.asarray(max_conc), dtype=torch.float32))
         self.channels = channels
@@ -106,7 +107,8 @@ def slide_batches(card: dict, tissue: pd.DataFrame, he_path: str, stain: dict, *
     from .logs import get_logger
 
     log = get_logger("predict")
-    transform = BatchTransform([stain], card["stain"]["target"], card["channels"]).to(device)
+    transform = BatchTransform([stain], card["stain"]["target"], card["channels"],
+                               normalise=card["stain"]["method"] == "macenko").to(device)
     loader = make_loader(TileDataset(tissue, {sample: he_path}, card["input_px"], target=None),
                          batch_size=batch_size, shuffle=False, workers=workers, seed=0,
                          pin_memory=device.type == "cuda")

@@ -244,7 +244,8 @@ def train_model(name: str, options: dict, dataset_table: pd.DataFrame, slide_pat
     from .models.base import TrainContext
 
     ctx = TrainContext(name=name, table=rows, samples=samples, slide_paths=slide_paths,
-                       transform=BatchTransform([stains[s] for s in samples], target_stain, opts["channels"]).to(device),
+                       transform=BatchTransform([stains[s] for s in samples], target_stain, opts["channels"],
+                                                 normalise=bool(opts["stain_normalise"])).to(device),
                        device=device, options=opts, input_px=input_px, workers=int(opts["workers"]),
                        augment_generator=torch.Generator().manual_seed(seed + 1),
                        loader_generator=torch.Generator().manual_seed(seed), extra=ctx_extra)
@@ -266,7 +267,7 @@ def train_model(name: str, options: dict, dataset_table: pd.DataFrame, slide_pat
     card = {
         "name": name, "kind": kind.kind, "options": learned_options(opts), "input_mpp": tile_mpp, "tile_px": tile_px,
         "input_px": input_px, "channels": opts["channels"], "in_channels": kind.in_channels,
-        "stain": {"method": "macenko", "target": target_stain}, **kind.card_fields(),
+        "stain": {"method": "macenko" if opts["stain_normalise"] else "none", "target": target_stain}, **kind.card_fields(),
         "training": {"train_samples": split_samples["train"], "val_samples": split_samples["val"],
                      "test_samples": sorted(set(map(str, test_samples)) - set(samples)),
                      "n_train_rows": int((rows["split"] == "train").sum()),

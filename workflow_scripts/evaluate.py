@@ -1,16 +1,20 @@
 """Rule evaluate: test-split metrics of one model against the IHC-derived ratio."""
 import pandas as pd
 
-from tumormap.evaluate import evaluation_table, plot_evaluation, regression_metrics, tumor_detection_metrics
+from tumormap.evaluate import (evaluation_table, plot_evaluation, region_detection_metrics, regression_metrics,
+                               tumor_detection_metrics)
 from tumormap.io import write_json
 from tumormap.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
-table = evaluation_table([pd.read_parquet(p) for p in snakemake.input.predictions],
+predictions = [pd.read_parquet(p) for p in snakemake.input.predictions]
+table = evaluation_table(predictions,
                          [pd.read_parquet(p) for p in snakemake.input.ground_truth], snakemake.params.test_samples)
 metrics = regression_metrics(table["tumor_ratio"], table["predicted_ratio"],
                              table["predicted_bin"] if "predicted_bin" in table else None)
 metrics.update(tumor_detection_metrics(table["tumor_ratio"], table["predicted_ratio"], snakemake.params.tumor_threshold))
+regions = {s: pd.read_parquet(p) for s, p in zip(snakemake.params.region_samples, snakemake.input.regions)}
+metrics.update(region_detection_metrics(predictions, regions, snakemake.params.tumor_threshold))
 metrics["model"] = snakemake.wildcards.model
 metrics["test_samples"] = list(snakemake.params.test_samples)
 log.info("%s on the test split: %s", snakemake.wildcards.model, metrics)

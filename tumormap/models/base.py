@@ -20,6 +20,7 @@ import torch
 COMMON_DEFAULTS: dict[str, Any] = {
     "epochs": 8, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "input_px": None, "channels": "rgb",
     "seed": 0, "pretrained_weights": None, "workers": 2, "device": "auto",
+    "stain_normalise": True,  # Macenko per slide to stain.target; false: tiles as scanned
 }
 CHANNELS = {"rgb": 3, "rgb+he": 5}
 
