@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tumormap.evaluate import region_fraction, roc_auc  # noqa: E402
-from tumormap.weak_labels import paper_grid  # noqa: E402
+from tumormap.weak_labels import grid_name, paper_grid  # noqa: E402
 
 SMALL_GRID = [(0.2, 0.2), (0.2, 0.0), (0.6, 0.2), (1.0, 0.0)]
 
@@ -58,9 +58,9 @@ def main() -> int:
     cfg["samples"] = "samples.tsv"
     base = dict(cfg["train"]["models"]["alphabeta"], epochs=args.epochs)
     grid = paper_grid() if args.grid == "paper" else SMALL_GRID
-    models = {f"ab_a{a:g}_b{b:g}": dict(base, alpha=a, beta=b) for a, b in grid}
+    models = {grid_name("ab", a, b): dict(base, alpha=a, beta=b) for a, b in grid}
     if args.normalised_too:
-        models["ab_a0.2_b0.2_macenko"] = dict(base, alpha=0.2, beta=0.2, stain_normalise=True)
+        models["ab_a20_b20_macenko"] = dict(base, alpha=0.2, beta=0.2, stain_normalise=True)
     cfg["train"]["models"] = models
     (out / "config.yaml").write_text(yaml.safe_dump(cfg))
     tests = [s for s, _, split in slides if split == "test"]

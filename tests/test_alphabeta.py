@@ -55,7 +55,7 @@ def test_paper_grid_has_its_fifteen_configurations_as_named_entries():
     models = expand_grids({"reg": {"kind": "regressor"}, "ab": {"kind": "alphabeta", "alphabeta_grid": "paper",
                                                                 "epochs": 3}})
     assert len(models) == 16 and models["reg"] == {"kind": "regressor"}
-    assert models["ab_a0.2_b0.2"] == {"kind": "alphabeta", "epochs": 3, "alpha": 0.2, "beta": 0.2}
+    assert models["ab_a20_b20"] == {"kind": "alphabeta", "epochs": 3, "alpha": 0.2, "beta": 0.2}
     with pytest.raises(ValueError, match="alphabeta_grid must be 'paper'"):
         expand_grids({"x": {"kind": "regressor", "alphabeta_grid": "paper"}})
 

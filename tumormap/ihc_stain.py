@@ -214,22 +214,15 @@ def estimate_slide_ihc_calibration(slide_path, tiles, sample: str, *, n_tiles: i
     :class:`tumormap.slides.TileReader` at ``tile_px`` (default the table's). Extra keyword
     arguments go to :func:`estimate_ihc_calibration`. Errors name the sample and the slide.
     """
-    from .slides import TileReader
+    from .slides import read_sample_tiles
 
-    rows = tiles[tiles["keep"].astype(bool)] if "keep" in tiles.columns else tiles
-    if len(rows) == 0:
-        raise ValueError(f"sample {sample}: no kept tiles to calibrate the IHC stain of {slide_path}")
-    pick = np.sort(np.random.default_rng(seed).choice(len(rows), min(n_tiles, len(rows)), replace=False))
-    reader = TileReader(slide_path, "ihc", sample)
-    try:
-        images = [reader.read(rows.iloc[i], tile_px) for i in pick]
-    finally:
-        reader.close()
+    images, picked = read_sample_tiles(slide_path, tiles, "ihc", sample, n_tiles=n_tiles, seed=seed, tile_px=tile_px,
+                                       what="calibrate the IHC stain of")
     try:
         cal = estimate_ihc_calibration(images, seed=seed, **params)
     except ValueError as err:
         raise ValueError(f"sample {sample} ({slide_path}): {err}") from None
-    cal.update(sample=str(sample), slide=str(slide_path), tile_ids=[int(rows.iloc[i]["tile_id"]) for i in pick])
+    cal.update(sample=str(sample), slide=str(slide_path), tile_ids=[int(t) for t in picked["tile_id"]])
     log.info("sample %s: IHC calibration from %d tiles: nuclear H %.3f OD → scale %.3f; vectors H %s, DAB %s",
              sample, len(images), cal["nuclear_h"], cal["od_scale"], cal["vector_source"]["h"],
              cal["vector_source"]["dab"])

@@ -223,3 +223,20 @@ class TileReader:
         state = self.__dict__.copy()
         state["_slide"] = None
         return state
+
+
+def read_sample_tiles(slide_path: str | Path, tiles, stain: str, sample: str, *, n_tiles: int, seed: int = 0,
+                      tile_px: int | None = None, what: str = "read"):
+    """Up to ``n_tiles`` random tiles (``seed``) of a tile table's kept rows (all rows without a
+    ``keep`` column), read from the slide's ``stain`` side at ``tile_px`` (default the table's).
+    Returns (images, picked rows); no rows is an error naming the sample, the slide and ``what``."""
+    rows = tiles[tiles["keep"].astype(bool)] if "keep" in tiles.columns else tiles
+    if len(rows) == 0:
+        raise ValueError(f"sample {sample}: no tiles to {what} {slide_path}")
+    pick = np.sort(np.random.default_rng(seed).choice(len(rows), min(n_tiles, len(rows)), replace=False))
+    reader = TileReader(slide_path, stain, sample)
+    try:
+        images = [reader.read(rows.iloc[i], tile_px) for i in pick]
+    finally:
+        reader.close()
+    return images, rows.iloc[pick]

@@ -243,17 +243,10 @@ def estimate_slide_stain(slide_path: str | Path, tiles, sample: str, *, n_tiles:
     reads them with :class:`tumormap.slides.TileReader` at ``tile_px`` (default the table's).
     Extra keyword arguments go to :func:`estimate_stain`. Errors name the sample and the slide.
     """
-    from .slides import TileReader
+    from .slides import read_sample_tiles
 
-    rows = tiles[tiles["keep"].astype(bool)] if "keep" in tiles.columns else tiles
-    if len(rows) == 0:
-        raise ValueError(f"sample {sample}: no tiles to estimate the stain of {slide_path}")
-    pick = np.sort(np.random.default_rng(seed).choice(len(rows), min(n_tiles, len(rows)), replace=False))
-    reader = TileReader(slide_path, "he", sample)
-    try:
-        images = [reader.read(rows.iloc[i], tile_px) for i in pick]
-    finally:
-        reader.close()
+    images, _ = read_sample_tiles(slide_path, tiles, "he", sample, n_tiles=n_tiles, seed=seed, tile_px=tile_px,
+                                  what="estimate the stain of")
     try:
         stain = estimate_stain(images, seed=seed, **kwargs)
     except ValueError as err:

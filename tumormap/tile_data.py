@@ -120,3 +120,17 @@ def slide_batches(card: dict, tissue: pd.DataFrame, he_path: str, stain: dict, *
         yield transform(images.to(device, non_blocking=True), idx.to(device, non_blocking=True))
         if (k + 1) % 20 == 0:
             log.info("sample %s: %s, %d/%d tiles", sample, what, min((k + 1) * batch_size, len(tissue)), len(tissue))
+
+
+@torch.no_grad()
+def on_slide_batches(fn, card: dict, tissue: pd.DataFrame, he_path: str, stain: dict, *, sample: str, device,
+                     batch_size: int, workers: int, progress: bool, what: str) -> list:
+    """``fn(batch)`` under the device's autocast for each batch of :func:`slide_batches`, in order."""
+    from .train import autocast
+
+    out = []
+    for x in slide_batches(card, tissue, he_path, stain, sample=sample, device=device, batch_size=batch_size,
+                           workers=workers, progress=progress, what=what):
+        with autocast(device):
+            out.append(fn(x))
+    return out

@@ -60,9 +60,14 @@ def paper_grid() -> list[tuple[float, float]]:
     return [(a, b) for a in PAPER_ALPHAS for b in PAPER_BETAS if a + b <= 1 + 1e-9]
 
 
+def grid_name(name: str, alpha: float, beta: float) -> str:
+    """``ab``, 0.2, 0 → ``ab_a20_b0`` (model names hold no dots)."""
+    return f"{name}_a{round(100 * alpha)}_b{round(100 * beta)}"
+
+
 def expand_grids(models: dict) -> dict:
     """``train.models`` with every entry holding ``alphabeta_grid: paper`` replaced by one entry
-    per (α, β) of the paper, named ``{name}_a{α}_b{β}`` (e.g. ``ab_a0.2_b0``)."""
+    per (α, β) of the paper, named ``{name}_a{100α}_b{100β}`` (e.g. ``ab_a20_b0`` for α 0.2, β 0)."""
     out = {}
     for name, entry in models.items():
         grid = entry.get("alphabeta_grid")
@@ -73,5 +78,5 @@ def expand_grids(models: dict) -> dict:
             raise ValueError(f"train.models.{name}: alphabeta_grid must be 'paper' on a model of kind alphabeta")
         base = {k: v for k, v in entry.items() if k not in ("alphabeta_grid", "alpha", "beta")}
         for alpha, beta in paper_grid():
-            out[f"{name}_a{alpha:g}_b{beta:g}"] = {**base, "alpha": alpha, "beta": beta}
+            out[grid_name(name, alpha, beta)] = {**base, "alpha": alpha, "beta": beta}
     return out

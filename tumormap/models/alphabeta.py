@@ -153,17 +153,13 @@ class AlphaBeta(ModelKind):
         return {"architecture": "resnet18", "label": "slide diagnosis (α/β proxy labels)",
                 "output": "tumor probability per tile"}
 
-    @torch.no_grad()
     def predict_tiles(self, model, card, tissue, he_path, stain, *, sample, batch_size, workers, progress):
-        from ..tile_data import slide_batches
-        from ..train import autocast
+        from ..tile_data import on_slide_batches
 
-        device = next(model.parameters()).device
-        probs, t0 = [], time.time()
-        for x in slide_batches(card, tissue, he_path, stain, sample=sample, device=device, batch_size=batch_size,
-                               workers=workers, progress=progress, what="predicting"):
-            with autocast(device):
-                probs.append(torch.sigmoid(model(x).float()).cpu().numpy())
+        t0 = time.time()
+        probs = on_slide_batches(lambda x: torch.sigmoid(model(x).float()).cpu().numpy(), card, tissue, he_path, stain,
+                                 sample=sample, device=next(model.parameters()).device, batch_size=batch_size,
+                                 workers=workers, progress=progress, what="predicting")
         log.info("sample %s: %d tiles classified in %.1f s", sample, len(tissue), time.time() - t0)
         p = np.concatenate(probs).astype(np.float32)
         return pd.DataFrame({"predicted_ratio": p, "tumor_probability": p})

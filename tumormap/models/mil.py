@@ -174,16 +174,12 @@ class DistributionPoolingMILKind(ModelKind):
     @torch.no_grad()
     def predict_tiles(self, model, card, tissue, he_path, stain, *, sample, batch_size, workers, progress):
         """Per-tile purity: the model on the bag of each tile's ``map_k`` nearest tissue tiles."""
-        from ..tile_data import slide_batches
-        from ..train import autocast
+        from ..tile_data import on_slide_batches
 
-        device = next(model.parameters()).device
-        feats, t0 = [], time.time()
-        for x in slide_batches(card, tissue, he_path, stain, sample=sample, device=device, batch_size=batch_size,
-                               workers=workers, progress=progress, what="tile features"):
-            with autocast(device):
-                feats.append(model.instance_features(x).float())
-        features = torch.cat(feats)
+        device, t0 = next(model.parameters()).device, time.time()
+        features = torch.cat(on_slide_batches(lambda x: model.instance_features(x).float(), card, tissue, he_path, stain,
+                                              sample=sample, device=device, batch_size=batch_size, workers=workers,
+                                              progress=progress, what="tile features"))
         k = int(self.options["map_k"])
         neighbours = torch.as_tensor(nearest_tiles(tissue["row"].to_numpy(), tissue["col"].to_numpy(), k),
                                      device=device)

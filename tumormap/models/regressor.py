@@ -98,18 +98,14 @@ class Regressor(ModelKind):
 
     @torch.no_grad()
     def predict_tiles(self, model, card, tissue, he_path, stain, *, sample, batch_size, workers, progress):
-        from ..tile_data import slide_batches
-        from ..train import autocast
+        from ..tile_data import on_slide_batches
 
-        device = next(model.parameters()).device
-        ratios, bins, t0 = [], [], time.time()
-        for x in slide_batches(card, tissue, he_path, stain, sample=sample, device=device, batch_size=batch_size,
-                               workers=workers, progress=progress, what="predicting"):
-            with autocast(device):
-                out = model(x)
-            ratios.append(out["ratio"].float().cpu().numpy())
-            if "bin_logits" in out:
-                bins.append(out["bin_logits"].float().argmax(-1).cpu().numpy())
+        t0 = time.time()
+        outs = on_slide_batches(lambda x: {k: v.float().cpu() for k, v in model(x).items()}, card, tissue, he_path,
+                                stain, sample=sample, device=next(model.parameters()).device, batch_size=batch_size,
+                                workers=workers, progress=progress, what="predicting")
+        ratios = [out["ratio"].numpy() for out in outs]
+        bins = [out["bin_logits"].argmax(-1).numpy() for out in outs if "bin_logits" in out]
         result = pd.DataFrame({"predicted_ratio": np.concatenate(ratios).astype(np.float32)})
         if bins:
             result["predicted_bin"] = np.concatenate(bins).astype(np.int8)
