@@ -45,10 +45,6 @@ for _name, _entry in config["train"]["models"].items():
                          f"known kinds: {', '.join(known_kinds())}")
     if _entry["kind"] == "alphabeta":
         check_alpha_beta(_entry.get("alpha", 0.2), _entry.get("beta", 0.2), f"config train.models.{_name}")
-        if not (samples["label"] == "tumor").any():
-            raise ValueError(f"config train.models.{_name} (kind alphabeta) learns from slide labels, but no sample "
-                             f"of {config['samples']} has label 'tumor' (column `label`: tumor / normal): label "
-                             "slides or remove the entry")
 
 # The split is a pure function of the sheet (patients) and split.seed, known before any job:
 # so the dataset and the trainers depend on train/val samples only, and evaluation on test.
@@ -74,6 +70,17 @@ TEST_PAIRED = [s for s in SAMPLES_PAIRED if SPLIT[s] == "test"]
 wildcard_constraints:
     sample="|".join(map(re.escape, SAMPLES_ALL)) or "NO_SAMPLES",
     model="|".join(map(re.escape, MODELS)),
+
+
+def trainable(wildcards):
+    """Input function of train_model: raises when the model's labels are missing (an α/β model
+    needs train/val slides labelled tumor), so that only the runs that train it stop."""
+    if config["train"]["models"][wildcards.model]["kind"] == "alphabeta" and not any(
+            samples.at[s, "label"] == "tumor" for s in TRAIN_VAL):
+        raise ValueError(f"config train.models.{wildcards.model} (kind alphabeta) learns from slide labels, but no "
+                         f"train/val sample of {config['samples']} has label 'tumor' (column `label`: tumor / normal): "
+                         "label slides or remove the entry")
+    return []
 
 
 def usable_split(wildcards):
