@@ -55,8 +55,8 @@ _split_table = pd.DataFrame({"sample": SAMPLES_SPLIT,
                              "split": [samples.at[s, "split"] if "split" in samples else None for s in SAMPLES_SPLIT]})
 _split = split_samples(_split_table, config["split"]["fractions"], config["split"]["seed"], require=())
 SPLIT = _split.set_index("sample")["split"].to_dict()
-# An empty train/val/test split is an error only for the rules that need the split (split, dataset,
-# evaluate): tiling, tissue, SSIM and ground truth of a small cohort still run.
+# An empty train/val/test split fails only the jobs that need the split (split, and so training;
+# evaluate), not the parse: tiling, tissue, SSIM and ground truth of a small cohort still run.
 try:
     check_split(_split, config["split"]["fractions"], config["split"]["seed"])
     SPLIT_PROBLEM = None
@@ -70,24 +70,6 @@ TEST_PAIRED = [s for s in SAMPLES_PAIRED if SPLIT[s] == "test"]
 wildcard_constraints:
     sample="|".join(map(re.escape, SAMPLES_ALL)) or "NO_SAMPLES",
     model="|".join(map(re.escape, MODELS)),
-
-
-def trainable(wildcards):
-    """Input function of train_model: raises when the model's labels are missing (an α/β model
-    needs train/val slides labelled tumor), so that only the runs that train it stop."""
-    if config["train"]["models"][wildcards.model]["kind"] == "alphabeta" and not any(
-            samples.at[s, "label"] == "tumor" for s in TRAIN_VAL):
-        raise ValueError(f"config train.models.{wildcards.model} (kind alphabeta) learns from slide labels, but no "
-                         f"train/val sample of {config['samples']} has label 'tumor' (column `label`: tumor / normal): "
-                         "label slides or remove the entry")
-    return []
-
-
-def usable_split(wildcards):
-    """Input function of the rules that need every split: raises the split's problem, if any."""
-    if SPLIT_PROBLEM:
-        raise SplitError(SPLIT_PROBLEM)
-    return []
 
 
 def demo_tumor_free(wildcards):

@@ -24,7 +24,6 @@ rule predict_tiles:
 
 rule evaluate:
     input:
-        usable_split,
         predictions=expand("results/predictions/{{model}}/{sample}.parquet", sample=TEST_PAIRED),
         ground_truth=expand(rules.ground_truth.output.table, sample=TEST_PAIRED),
         regions=[demo_truth(s) for s in TEST_PAIRED if demo_truth(s)],
@@ -40,6 +39,7 @@ rule evaluate:
         test_samples=TEST_PAIRED,
         tumor_threshold=lookup(dpath="maps/tumor_threshold", within=config),
         region_samples=[s for s in TEST_PAIRED if demo_truth(s)],
+        split_problem=SPLIT_PROBLEM,
     log:
         "logs/evaluate/{model}.log",
     benchmark:

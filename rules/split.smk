@@ -1,11 +1,10 @@
 rule split:
-    input:
-        usable_split,
     output:
         table="results/split.tsv",
     params:
         split=SPLIT,  # computed from the sheet in rules/common.smk (tumormap.split.split_samples)
         patients={s: samples.at[s, "patient"] for s in SAMPLES_SPLIT},
+        problem=SPLIT_PROBLEM,  # an empty split: the job fails with this message
     log:
         "logs/split.log",
     benchmark:
@@ -21,7 +20,6 @@ rule split:
 rule dataset:
     """The training table of the train/val samples only: a test slide never retrains a model."""
     input:
-        usable_split,
         tiles=[tile_table(s) for s in TRAIN_VAL],
         ground_truth=expand(rules.ground_truth.output.table, sample=TRAIN_VAL_PAIRED),
     output:

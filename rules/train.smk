@@ -5,7 +5,6 @@
 
 rule train_model:
     input:
-        trainable,
         dataset=rules.dataset.output.table,
         stains=expand(rules.stain.output.stain, sample=TRAIN_VAL),
         slides=[samples.at[s, "he"] for s in TRAIN_VAL],

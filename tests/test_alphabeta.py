@@ -88,13 +88,12 @@ def test_alpha_beta_over_one_stops_the_workflow_before_any_job(tmp_path):
     assert proc.returncode != 0 and "config train.models.ab: alpha + beta must be ≤ 1" in proc.stdout + proc.stderr
 
 
-def test_alpha_beta_model_without_tumor_labels_stops_only_its_training(tmp_path):
+def test_alpha_beta_model_without_slide_labels_never_blocks_the_per_sample_stages(tmp_path):
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["samples"] = "s.tsv"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    rows = "".join(f"{s}\t{s}.svs\t{split}\n" for s, split in (("a", "train"), ("b", "val"), ("c", "test")))
-    (tmp_path / "s.tsv").write_text("sample\the\tsplit\n" + rows)
-    for s in "abc":
+    (tmp_path / "s.tsv").write_text("sample\the\na\ta.svs\nb\tb.svs\n")  # no labels, and too few for a split
+    for s in "ab":
         (tmp_path / f"{s}.svs").write_bytes(b"not read in a dry run")
 
     def dry_run(*targets):
@@ -102,9 +101,8 @@ def test_alpha_beta_model_without_tumor_labels_stops_only_its_training(tmp_path)
                                str(REPO / "Snakefile"), "-d", str(tmp_path)], capture_output=True, text=True, timeout=300)
 
     assert dry_run("results/tissue/a.parquet").returncode == 0
-    proc = dry_run("results/models/alphabeta/model.pt")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "train.models.alphabeta (kind alphabeta) learns from slide labels" in out, out[-2000:]
+    proc = dry_run("--forcerun", "tile", "results/tissue/a.parquet")  # forcerun builds more of the DAG
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
 
 
 def slide_tiles(d: Path, name: str, seed: int, tumor_free: bool) -> tuple[pd.DataFrame, str, pd.DataFrame]:

@@ -84,7 +84,7 @@ def test_failing_slurm_job_names_its_log_and_keep_going_finishes_the_rest(tmp_pa
     proc = run(tmp_path, "--no-hooks", "--forcerun", "tile", "results/tissue/corrupt.parquet", limit_s=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert not (tmp_path / "results/tiles/corrupt.parquet").exists()
+    assert not (tmp_path / "results/tiles/corrupt.parquet").exists(), out[-3000:]
     logs = re.findall(r"\S*\.snakemake/slurm_logs/\S+\.log", out)
     assert logs, out[-3000:]  # the failure names the SLURM job's log...
     text = "\n".join(Path(p if Path(p).is_absolute() else tmp_path / p).read_text() for p in logs

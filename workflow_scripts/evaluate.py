@@ -5,8 +5,11 @@ from tumormap.evaluate import (evaluation_table, plot_evaluation, region_detecti
                                tumor_detection_metrics)
 from tumormap.io import write_json
 from tumormap.logs import setup_logging
+from tumormap.split import SplitError
 
 log = setup_logging(snakemake.log[0])
+if snakemake.params.split_problem:
+    raise SplitError(snakemake.params.split_problem)
 predictions = [pd.read_parquet(p) for p in snakemake.input.predictions]
 table = evaluation_table(predictions,
                          [pd.read_parquet(p) for p in snakemake.input.ground_truth], snakemake.params.test_samples)
