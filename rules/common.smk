@@ -12,7 +12,7 @@ from tumormap.qc import KEEP_GOING_ENV
 from tumormap.samples import he_only_samples, optional_float, paired_samples, read_sample_sheet
 from tumormap.sources import resolve_sheet
 from tumormap.split import SplitError, check_split, split_samples
-from tumormap.weak_labels import check_alpha_beta, expand_grids
+from tumormap.weak_labels import alpha_beta, check_alpha_beta, expand_grids
 
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -44,7 +44,7 @@ for _name, _entry in config["train"]["models"].items():
         raise ValueError(f"config train.models.{_name}: unknown kind {_entry.get('kind')!r}; "
                          f"known kinds: {', '.join(known_kinds())}")
     if _entry["kind"] == "alphabeta":
-        check_alpha_beta(_entry.get("alpha", 0.2), _entry.get("beta", 0.2), f"config train.models.{_name}")
+        check_alpha_beta(*alpha_beta(_entry), f"config train.models.{_name}")
 
 # The split is a pure function of the sheet (patients) and split.seed, known before any job:
 # so the dataset and the trainers depend on train/val samples only, and evaluation on test.

@@ -87,8 +87,7 @@ rule alphabeta_grid:
             category="Evaluation",
         ),
     params:
-        grid={m: [config["train"]["models"][m].get("alpha", 0.2), config["train"]["models"][m].get("beta", 0.2)]
-              for m in ALPHABETA_MODELS},
+        grid={m: list(alpha_beta(config["train"]["models"][m])) for m in ALPHABETA_MODELS},
     log:
         "logs/alphabeta_grid.log",
     benchmark:

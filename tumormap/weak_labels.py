@@ -19,6 +19,14 @@ PAPER_ALPHAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 PAPER_BETAS = (0.0, 0.2, 0.4, 0.6, 0.8)
 
 
+DEFAULT_ALPHA_BETA = (0.2, 0.2)  # the paper's best configuration
+
+
+def alpha_beta(entry: dict) -> tuple[float, float]:
+    """(α, β) of a ``train.models`` entry of kind alphabeta, defaults filled in."""
+    return float(entry.get("alpha", DEFAULT_ALPHA_BETA[0])), float(entry.get("beta", DEFAULT_ALPHA_BETA[1]))
+
+
 def check_alpha_beta(alpha: float, beta: float, where: str = "train.models") -> None:
     """α in (0, 1], β in [0, 1), α + β ≤ 1, else a ValueError naming ``where``."""
     alpha, beta = float(alpha), float(beta)

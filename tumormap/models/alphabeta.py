@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..logs import get_logger
 from ..slides import TileReader
-from ..weak_labels import SLIDE_LABELS, check_alpha_beta, proxy_labels
+from ..weak_labels import DEFAULT_ALPHA_BETA, SLIDE_LABELS, check_alpha_beta, proxy_labels
 from . import register_kind
 from .backbones import resnet18_backbone
 from .base import ModelKind, Step
@@ -80,8 +80,8 @@ class AlphaBeta(ModelKind):
     # stain_normalise off: per-slide Macenko estimates differ between tumor and normal slides (more
     # hematoxylin moves the stain vectors and maxima) and erase the slide-level difference the proxy
     # labels rest on (synthetic held-out tile AUC 0.51 with it, 0.82 without; tests/test_alphabeta.py).
-    DEFAULTS = {"alpha": 0.2, "beta": 0.2, "patches": 150, "steps_per_slide": 8, "c0": 1.0, "c1": 1.0,
-                "lr": 1e-4, "stain_normalise": False}
+    DEFAULTS = {"alpha": DEFAULT_ALPHA_BETA[0], "beta": DEFAULT_ALPHA_BETA[1], "patches": 150, "steps_per_slide": 8,
+                "c0": 1.0, "c1": 1.0, "lr": 1e-4, "stain_normalise": False}
 
     def __init__(self, options: dict, name: str = "?"):
         super().__init__(options, name)
