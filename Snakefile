@@ -21,6 +21,7 @@ include: "rules/tissue.smk"
 include: "rules/ssim.smk"
 include: "rules/ihc_calibration.smk"
 include: "rules/ground_truth.smk"
+include: "rules/he_nuclei.smk"
 include: "rules/stain.smk"
 include: "rules/split.smk"
 include: "rules/train.smk"
@@ -45,4 +46,6 @@ rule all:
         sheet="results/samples_resolved.tsv",
         sample_qc="results/qc/samples.tsv",
         alphabeta=["results/evaluate/alphabeta_grid.csv"] if ALPHABETA_MODELS else [],
+        llp=["results/evaluate/llp_ablation.csv"] if LLP_MODELS else [],
+        cells=expand("results/maps/{model}/{sample}.cells.png", model=LLP_MODELS, sample=SAMPLES_ALL),
     default_target: True

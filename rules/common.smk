@@ -8,6 +8,8 @@ import pandas as pd
 from snakemake.utils import validate
 
 from tumormap.models import known_kinds, learned_options
+from tumormap.proportion import check_options as check_llp_options, check_sheet_intervals, uses_nuclei
+from tumormap.proportion import PAPER_EDGES
 from tumormap.qc import KEEP_GOING_ENV
 from tumormap.samples import he_only_samples, optional_float, paired_samples, read_sample_sheet
 from tumormap.sources import resolve_sheet
@@ -45,10 +47,15 @@ for _name, _entry in config["train"]["models"].items():
                          f"known kinds: {', '.join(known_kinds())}")
     if _entry["kind"] == "alphabeta":
         check_alpha_beta(*alpha_beta(_entry), f"config train.models.{_name}")
+    if _entry["kind"] == "llp":
+        check_llp_options(_entry, f"config train.models.{_name}")
+        check_sheet_intervals(_sheet, _entry.get("edges", PAPER_EDGES), config["samples"])
+LLP_MODELS = [m for m, e in config["train"]["models"].items() if e.get("kind") == "llp"]
 
 # The split is a pure function of the sheet (patients) and split.seed, known before any job:
 # so the dataset and the trainers depend on train/val samples only, and evaluation on test.
-SAMPLES_LABELLED = [s for s in SAMPLES_HE_ONLY if isinstance(samples.at[s, "label"], str)]
+SAMPLES_LABELLED = [s for s in SAMPLES_HE_ONLY if isinstance(samples.at[s, "label"], str)
+                    or isinstance(samples.at[s, "ki67_interval"], str)]
 SAMPLES_SPLIT = SAMPLES_PAIRED + SAMPLES_LABELLED
 _split_table = pd.DataFrame({"sample": SAMPLES_SPLIT,
                              "patient": [samples.at[s, "patient"] for s in SAMPLES_SPLIT],
@@ -116,6 +123,19 @@ def tile_table(sample):
 def model_options(name):
     """A model entry's learned options (params: changing them retrains)."""
     return learned_options(config["train"]["models"][name])
+
+
+def he_nuclei_for_training(wildcards):
+    """The H&E nuclei of the train/val samples, for a model with the nucleus mask (llp)."""
+    if uses_nuclei(config["train"]["models"][wildcards.model]):
+        return expand("results/he_nuclei/{sample}.parquet", sample=TRAIN_VAL)
+    return []
+
+
+def he_nuclei_for_prediction(wildcards):
+    if uses_nuclei(config["train"]["models"][wildcards.model]):
+        return [f"results/he_nuclei/{wildcards.sample}.parquet"]
+    return []
 
 
 def model_threads(wildcards):

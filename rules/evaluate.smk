@@ -5,6 +5,7 @@ rule predict_tiles:
         tiles=rules.tissue.output.table,
         stain=rules.stain.output.stain,
         he=slide_path("he"),
+        he_nuclei=he_nuclei_for_prediction,
     output:
         table="results/predictions/{model}/{sample}.parquet",
     threads: model_threads
@@ -27,6 +28,7 @@ rule evaluate:
         predictions=expand("results/predictions/{{model}}/{sample}.parquet", sample=TEST_PAIRED),
         ground_truth=expand(rules.ground_truth.output.table, sample=TEST_PAIRED),
         regions=[demo_truth(s) for s in TEST_PAIRED if demo_truth(s)],
+        card="results/models/{model}/card.json",
     output:
         metrics="results/evaluate/{model}/metrics.json",
         plot=report(
@@ -73,6 +75,31 @@ rule compare_models:
         "../envs/slides.yaml"
     script:
         "../workflow_scripts/compare_models.py"
+
+
+rule llp_ablation:
+    """Okuo et al.'s Table 1 from one run: every llp model (loss × mask) on the test bags."""
+    input:
+        metrics=expand(rules.evaluate.output.metrics, model=LLP_MODELS),
+    output:
+        table="results/evaluate/llp_ablation.csv",
+        plot=report(
+            "results/evaluate/llp_ablation.png",
+            caption="../report/llp_ablation.rst",
+            category="Evaluation",
+        ),
+    params:
+        options={m: config["train"]["models"][m] for m in LLP_MODELS},
+    log:
+        "logs/llp_ablation.log",
+    benchmark:
+        "benchmarks/llp_ablation.tsv"
+    message:
+        "Tabulating the llp models' interval metrics"
+    conda:
+        "../envs/slides.yaml"
+    script:
+        "../workflow_scripts/llp_ablation.py"
 
 
 rule alphabeta_grid:

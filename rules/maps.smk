@@ -62,3 +62,36 @@ rule predict:
         maps=expand("results/maps/{model}/{sample}.{ext}", model=MODELS, sample=SAMPLES_HE_ONLY,
                     ext=["png", "geojson"]),
         summary=expand(rules.map_summary.output.csv, model=MODELS),
+
+
+rule cell_maps:
+    """llp models: the positive/negative maps over the nuclei for a few tiles (Okuo et al. Fig. 5)."""
+    input:
+        model="results/models/{model}/model.pt",
+        card="results/models/{model}/card.json",
+        predictions="results/predictions/{model}/{sample}.parquet",
+        tiles=rules.tissue.output.table,
+        stain=rules.stain.output.stain,
+        he=slide_path("he"),
+        he_nuclei=he_nuclei_for_prediction,
+    output:
+        png=report(
+            "results/maps/{model}/{sample}.cells.png",
+            caption="../report/cell_maps.rst",
+            category="Tumor maps",
+            subcategory="{model}",
+            labels={"model": "{model}", "sample": "{sample}", "figure": "cells"},
+        ),
+    params:
+        n_tiles=4,
+    threads: 1
+    log:
+        "logs/cell_maps/{model}/{sample}.log",
+    benchmark:
+        "benchmarks/cell_maps/{model}/{sample}.tsv"
+    message:
+        "Cell-level positive/negative maps of {wildcards.model} on {wildcards.sample}"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/cell_maps.py"

@@ -30,6 +30,7 @@ rule dataset:
         split={s: SPLIT[s] for s in TRAIN_VAL},
         labels={s: samples.at[s, "label"] for s in TRAIN_VAL if isinstance(samples.at[s, "label"], str)},
         purity={s: float(samples.at[s, "purity"]) for s in TRAIN_VAL if pd.notna(samples.at[s, "purity"])},
+        intervals={s: samples.at[s, "ki67_interval"] for s in TRAIN_VAL if isinstance(samples.at[s, "ki67_interval"], str)},
     log:
         "logs/dataset.log",
     benchmark:

@@ -10,6 +10,7 @@ rule train_model:
         slides=[samples.at[s, "he"] for s in TRAIN_VAL],
         target=stain_target_input,
         split=ancient(rules.split.output.table),  # for the card's test list; never a retrain by itself
+        he_nuclei=he_nuclei_for_training,  # llp models with the nucleus mask
     output:
         model="results/models/{model}/model.pt",
         card="results/models/{model}/card.json",

@@ -29,6 +29,7 @@ def write_config(workdir: Path, sheet: str, **changes) -> dict:
     cfg["samples"] = sheet
     cfg["tile"]["tile_px"] = 128
     cfg["train"]["models"].pop("alphabeta")  # these sheets have no slide labels
+    cfg["train"]["models"].pop("llp")  # keeps these runs short; its inputs are checked in test_llp.py
     for section, values in changes.items():
         if isinstance(values, dict):
             cfg[section].update(values)

@@ -28,6 +28,9 @@ def tiny_config(workdir: Path) -> dict:
     cfg["train"]["models"]["regressor"].update(epochs=2, input_px=64, batch_size=16, workers=0)
     cfg["train"]["models"]["mil"].update(workers=0, epochs=2, bag_size=8, bags_per_sample=6, map_k=8)
     cfg["train"]["models"]["alphabeta"].update(workers=0, epochs=2, patches=16, steps_per_slide=2)
+    # region bags of the tiny demo's 1024 px (256 µm) drawn regions: 4×4 tiles of 64 µm
+    cfg["train"]["models"]["llp"].update(workers=0, epochs=2, input_px=64, region_um=256, bag_tiles=8,
+                                         min_bag_tiles=2, steps_per_bag=1)
     cfg["stain"]["n_tiles"] = 8
     cfg["maps"]["thumbnail_px"] = 256
     return cfg
@@ -183,13 +186,41 @@ def test_rerun_does_nothing_and_ssim_min_reruns_only_downstream(demo_run):
 
 
 @pytest.mark.slow
+def test_llp_bags_labels_nuclei_and_interval_metrics(demo_run):
+    """The llp model end to end: H&E nuclei per sample, region bags labelled from the IHC, interval
+    metrics over the test bags against the drawn truth, the ablation table and the cell overlays."""
+    workdir, cfg = demo_run
+    for s in [f"demo{i}" for i in range(1, N_PAIRS + 1)] + [HE_ONLY]:
+        nuclei = pd.read_parquet(workdir / f"results/he_nuclei/{s}.parquet")
+        tissue = pd.read_parquet(workdir / f"results/tissue/{s}.parquet")
+        assert set(nuclei["tile_id"]) <= set(tissue.loc[tissue["tissue_keep"], "tile_id"])
+        per_tile = nuclei.groupby("tile_id").size()
+        assert len(per_tile) > 0.8 * tissue["tissue_keep"].sum() and per_tile.median() >= 5, s  # nucleated tissue
+        assert nuclei["x"].between(0, 128).all() and nuclei["y"].between(0, 128).all()
+    card = json.loads((workdir / "results/models/llp/card.json").read_text())
+    assert card["kind"] == "llp" and card["gammas"] == [0, 2, 2, 2, 2] and card["intervals"][0] == "0–1 %"
+    metrics = json.loads((workdir / "results/evaluate/llp/metrics.json").read_text())["proportion"]
+    bags = pd.DataFrame(metrics["bags"])
+    assert len(bags) >= 4 and metrics["truth_n_bags"] == len(bags)
+    # the bag label (pooled IHC ratio of its tiles) recovers the drawn region's true ratio
+    assert (bags["ihc_ratio"] - bags["true_ratio"]).abs().median() < 0.1, bags
+    assert 0 <= metrics["truth_mF1"] <= 1 and len(metrics["truth_recall"]) == 5
+    table = pd.read_csv(workdir / "results/evaluate/llp_ablation.csv")
+    assert table["model"].tolist() == ["llp"] and table["loss"].iloc[0] == "weighted_focal"
+    assert np.isclose(table["mF1"].iloc[0], metrics["truth_mF1"])
+    predictions = pd.read_parquet(workdir / f"results/predictions/llp/{HE_ONLY}.parquet")
+    assert predictions["predicted_ratio"].between(0, 1).all() and (predictions["n_he_nuclei"] > 0).mean() > 0.8
+    assert (workdir / f"results/maps/llp/{HE_ONLY}.cells.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
 def test_he_only_sample_is_mapped_but_never_trained_on(demo_run):
     workdir, _ = demo_run
     split = pd.read_csv(workdir / "results/split.tsv", sep="\t")
     assert HE_ONLY not in set(split["sample"])
     assert not (workdir / f"results/ssim/{HE_ONLY}.parquet").exists()
     assert not (workdir / f"results/ground_truth/{HE_ONLY}.parquet").exists()
-    for model in ("regressor", "mil", "alphabeta"):  # every kind maps from its card
+    for model in ("regressor", "mil", "alphabeta", "llp"):  # every kind maps from its card
         arrays = np.load(workdir / f"results/maps/{model}/{HE_ONLY}.npz")
         assert np.isfinite(arrays["predicted"]).sum() > 10 and np.isnan(arrays["ihc"]).all()
         summary = pd.read_csv(workdir / f"results/maps/{model}/summary.csv")

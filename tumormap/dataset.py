@@ -13,15 +13,17 @@ GT_COLUMNS = ["tumor_ratio", "n_nuclei", "nuclear_area_px", "positive_area_px"]
 
 
 def build_dataset(tile_tables: dict[str, str], ground_truth_tables: dict[str, str], split: dict[str, str], *,
-                  labels: dict[str, str] | None = None, purity: dict[str, float] | None = None) -> pd.DataFrame:
+                  labels: dict[str, str] | None = None, purity: dict[str, float] | None = None,
+                  intervals: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per tissue tile of each sample in ``tile_tables`` (sample → SSIM table for a
     pair, tissue table for an H&E alone).
 
     ``keep`` is the SSIM filter for pairs and the tissue filter for an H&E alone; the
     ground-truth columns are NaN where a tile has no IHC ratio (unpaired, not kept, no
-    nuclei). ``label`` and ``purity`` are the sheet's slide-level values (None/NaN if absent).
+    nuclei). ``label``, ``purity`` and ``ki67_interval`` are the sheet's slide-level values (None/NaN
+    if absent).
     """
-    labels, purity = labels or {}, purity or {}
+    labels, purity, intervals = labels or {}, purity or {}, intervals or {}
     parts = []
     for sample, tiles_path in tile_tables.items():
         tiles = pd.read_parquet(tiles_path)
@@ -41,10 +43,12 @@ def build_dataset(tile_tables: dict[str, str], ground_truth_tables: dict[str, st
         tiles["split"] = split[sample]
         tiles["label"] = labels.get(sample)
         tiles["purity"] = purity.get(sample, np.nan)
+        tiles["ki67_interval"] = intervals.get(sample)
         parts.append(tiles)
-    columns = ["sample", "tile_id", "keep", *GT_COLUMNS, "split", "label", "purity"]
+    columns = ["sample", "tile_id", "keep", *GT_COLUMNS, "split", "label", "purity", "ki67_interval"]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     table["label"] = table["label"].astype(object)
+    table["ki67_interval"] = table["ki67_interval"].astype(object)
     left_out = sorted(s for s in tile_tables if not (table["sample"] == s).any())
     if left_out:
         log.warning("%d samples contribute no tile (see results/qc/samples.tsv): %s", len(left_out),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from .io import file_digest
 from .logs import get_logger
 
 log = get_logger("download")
@@ -61,11 +62,7 @@ def part_path(dest: str | os.PathLike) -> Path:
 
 
 def file_md5(path: str | os.PathLike, chunk_bytes: int = 8 * 2**20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5", chunk_bytes)
 
 
 class _Retry(Exception):

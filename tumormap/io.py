@@ -64,3 +64,15 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk_bytes: int = 8 * 2**20) -> str:
+    """Hex digest of a file's bytes."""
+    import hashlib
+
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()

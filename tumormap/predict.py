@@ -40,9 +40,10 @@ def check_resolution(card: dict, tiles: pd.DataFrame, sample: str) -> None:
 
 @torch.no_grad()
 def predict_slide(model, card: dict, kind, tiles: pd.DataFrame, he_path: str, stain: dict, *, sample: str,
-                  batch_size: int = 32, workers: int = 2, progress: bool = False) -> pd.DataFrame:
+                  batch_size: int = 32, workers: int = 2, progress: bool = False,
+                  aux: dict | None = None) -> pd.DataFrame:
     """``sample, tile_id, row, col, he_x, he_y, he_extent, predicted_ratio`` (+ the kind's own
-    columns) for the tissue tiles."""
+    columns) for the tissue tiles. ``aux``: per-slide inputs of the kind (e.g. ``he_nuclei``)."""
     tissue = tiles[tiles["tissue_keep"]].reset_index(drop=True)
     out = tissue[["sample", "tile_id", "row", "col", "he_x", "he_y", "he_extent"]].copy()
     if tissue.empty:
@@ -50,7 +51,7 @@ def predict_slide(model, card: dict, kind, tiles: pd.DataFrame, he_path: str, st
         return out
     check_resolution(card, tissue, sample)
     values = kind.predict_tiles(model, card, tissue, he_path, stain, sample=sample, batch_size=batch_size,
-                                workers=workers, progress=progress)
+                                workers=workers, progress=progress, aux=aux)
     if len(values) != len(tissue) or "predicted_ratio" not in values:
         raise RuntimeError(f"model kind {card['kind']} returned {len(values)} rows without predicted_ratio "
                            f"for {len(tissue)} tiles")

@@ -216,12 +216,15 @@ def write_model_folder(out_dir: str, best: dict, history: list[dict], card: dict
 
 def train_model(name: str, options: dict, dataset_table: pd.DataFrame, slide_paths: dict[str, str],
                 stains: dict[str, dict], target_stain: dict, out_dir: str, checkpoint_dir: str, *, tile_mpp: float,
-                tile_px: int, test_samples: list[str] | tuple = (), extra: dict | None = None) -> dict:
+                tile_px: int, test_samples: list[str] | tuple = (), extra: dict | None = None,
+                tables: dict | None = None) -> dict:
     """Train model ``name`` (``options["kind"]`` picks the kind) on the table's train split,
     select on its val split; write ``out_dir/{model.pt, card.json, history.csv, loss_curve.png}``.
 
     ``dataset_table``: the dataset (``split`` column); the kind picks its rows. ``extra``:
     kind-specific inputs (e.g. ``{"purity": {...}, "labels": {...}}``), part of the content key.
+    ``tables``: kind-specific data too large for the key (e.g. ``he_nuclei_tables``), handed to
+    the kind in ``ctx.extra``; ``extra`` must then carry their digests.
     """
     from .tile_data import BatchTransform
 
@@ -248,7 +251,7 @@ def train_model(name: str, options: dict, dataset_table: pd.DataFrame, slide_pat
                                                  normalise=bool(opts["stain_normalise"])).to(device),
                        device=device, options=opts, input_px=input_px, workers=int(opts["workers"]),
                        augment_generator=torch.Generator().manual_seed(seed + 1),
-                       loader_generator=torch.Generator().manual_seed(seed), extra=ctx_extra)
+                       loader_generator=torch.Generator().manual_seed(seed), extra={**ctx_extra, **(tables or {})})
     train_loader, val_loader = kind.loaders(ctx)
     model = kind.network().to(device).to(memory_format=torch.channels_last)
     optimizer = kind.optimizer(model)

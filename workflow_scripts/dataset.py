@@ -7,4 +7,5 @@ setup_logging(snakemake.log[0])
 p = snakemake.params
 write_parquet(build_dataset(dict(zip(p.samples, snakemake.input.tiles)),
                             dict(zip(p.paired, snakemake.input.ground_truth)), dict(p.split),
-                            labels=dict(p.labels), purity=dict(p.purity)), snakemake.output.table)
+                            labels=dict(p.labels), purity=dict(p.purity),
+                            intervals=dict(p.intervals)), snakemake.output.table)

@@ -19,5 +19,6 @@ model, card, kind = load_model(os.path.dirname(snakemake.input.model), pick_devi
 table = predict_slide(model, card, kind, pd.read_parquet(snakemake.input.tiles), snakemake.input.he[0],
                       read_json(snakemake.input.stain), sample=snakemake.wildcards.sample,
                       batch_size=int(snakemake.config["maps"]["batch_size"]),
-                      workers=int(entry.get("workers", 2)))
+                      workers=int(entry.get("workers", 2)),
+                      aux={"he_nuclei": pd.read_parquet(snakemake.input.he_nuclei[0])} if snakemake.input.he_nuclei else None)
 write_parquet(table, snakemake.output.table)

@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import torch
 
-from tumormap.io import read_json
+from tumormap.io import file_digest, read_json
 from tumormap.logs import setup_logging
 from tumormap.models import RUNTIME_OPTIONS
 from tumormap.stain import load_target, reference_stain
@@ -20,8 +20,12 @@ name = snakemake.wildcards.model
 entry = snakemake.config["train"]["models"][name]
 options = {**p.options, **{k: entry[k] for k in RUNTIME_OPTIONS if k in entry}}
 split = pd.read_csv(snakemake.input.split, sep="\t", dtype={"sample": str})
+# the H&E nuclei of an llp model's mask: the tables for the kind, their digests for the content key
+nuclei = dict(zip(p.samples, snakemake.input.he_nuclei))
+extra = {"he_nuclei": {s: file_digest(path) for s, path in nuclei.items()}} if nuclei else {}
 train_model(name, options, pd.read_parquet(snakemake.input.dataset), dict(zip(p.samples, snakemake.input.slides)),
             {s: read_json(path) for s, path in zip(p.samples, snakemake.input.stains)},
             load_target(snakemake.input.target[0]) if snakemake.input.target else reference_stain(),
             os.path.dirname(snakemake.output.model), p.checkpoint_dir, tile_mpp=p.tile_mpp, tile_px=p.tile_px,
-            test_samples=split.loc[split["split"] == "test", "sample"].tolist())
+            test_samples=split.loc[split["split"] == "test", "sample"].tolist(), extra=extra,
+            tables={"he_nuclei_tables": {s: pd.read_parquet(path) for s, path in nuclei.items()}} if nuclei else None)

@@ -153,7 +153,7 @@ class AlphaBeta(ModelKind):
         return {"architecture": "resnet18", "label": "slide diagnosis (α/β proxy labels)",
                 "output": "tumor probability per tile"}
 
-    def predict_tiles(self, model, card, tissue, he_path, stain, *, sample, batch_size, workers, progress):
+    def predict_tiles(self, model, card, tissue, he_path, stain, *, sample, batch_size, workers, progress, aux=None):
         from ..tile_data import on_slide_batches
 
         t0 = time.time()

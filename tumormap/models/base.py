@@ -116,7 +116,8 @@ class ModelKind:
         return cls(card["options"], name=card.get("name", cls.kind))
 
     def predict_tiles(self, model: torch.nn.Module, card: dict, tissue: pd.DataFrame, he_path: str, stain: dict, *,
-                      sample: str, batch_size: int, workers: int, progress: bool) -> pd.DataFrame:
+                      sample: str, batch_size: int, workers: int, progress: bool,
+                      aux: dict | None = None) -> pd.DataFrame:
         """Per tissue tile (table order): ``predicted_ratio`` in [0, 1] (what the map shows) and any
-        kind-specific columns."""
+        kind-specific columns. ``aux``: the per-slide inputs the kind asks for (``llp``: ``he_nuclei``)."""
         raise NotImplementedError

@@ -172,7 +172,7 @@ class DistributionPoolingMILKind(ModelKind):
                 "label": "slide purity" if self.options["bag_label"] == "purity" else "area-weighted IHC ratio of the bag"}
 
     @torch.no_grad()
-    def predict_tiles(self, model, card, tissue, he_path, stain, *, sample, batch_size, workers, progress):
+    def predict_tiles(self, model, card, tissue, he_path, stain, *, sample, batch_size, workers, progress, aux=None):
         """Per-tile purity: the model on the bag of each tile's ``map_k`` nearest tissue tiles."""
         from ..tile_data import on_slide_batches
 

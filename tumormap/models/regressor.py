@@ -97,7 +97,7 @@ class Regressor(ModelKind):
         return {"architecture": "resnet18", "label": "IHC tumor ratio per tile"}
 
     @torch.no_grad()
-    def predict_tiles(self, model, card, tissue, he_path, stain, *, sample, batch_size, workers, progress):
+    def predict_tiles(self, model, card, tissue, he_path, stain, *, sample, batch_size, workers, progress, aux=None):
         from ..tile_data import on_slide_batches
 
         t0 = time.time()
