@@ -1,6 +1,6 @@
 """Learning from label proportions (issue #12): Okuo et al.'s loss × mask ablation on a demo cohort.
 
-    python bench/bench_llp.py [--pairs 8] [--out /tmp/llp_cohort] [--epochs 10] [--cores all]
+    python bench/bench_llp.py [--pairs 8] [--out /tmp/llp_cohort] [--epochs 25] [--steps-per-bag 2] [--cores all]
 
 Writes a sheet of N generated demo pairs (one patient each; every slide has regions drawn over
 0 … 90 % tumor, so all five intervals occur, '0–1 %' included) and a config with four llp models:
@@ -26,7 +26,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--out", default="/tmp/llp_cohort")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--steps-per-bag", type=int, default=2)
     ap.add_argument("--cores", default="all")
     args = ap.parse_args()
     out = Path(args.out)
@@ -37,7 +38,7 @@ def main() -> int:
     (out / "samples.tsv").write_text("\n".join(rows) + "\n")
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["samples"] = "samples.tsv"
-    base = dict(cfg["train"]["models"]["llp"], epochs=args.epochs)
+    base = dict(cfg["train"]["models"]["llp"], epochs=args.epochs, steps_per_bag=args.steps_per_bag)
     cfg["train"]["models"] = {"llp": base,
                               "llp_proportion": dict(base, loss="proportion"),
                               "llp_focal": dict(base, loss="focal"),

@@ -34,6 +34,7 @@ rule map_summary:
     input:
         predictions=expand("results/predictions/{{model}}/{sample}.parquet", sample=SAMPLES_ALL),
         tissue=expand(rules.tissue.output.table, sample=SAMPLES_ALL),
+        card="results/models/{model}/card.json",
     output:
         csv=report(
             "results/maps/{model}/summary.csv",

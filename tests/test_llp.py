@@ -81,6 +81,14 @@ def test_region_bags_follow_a_grid_from_the_slide_origin():
     assert bag_ids(tiles, "slide", 512, 0.25).tolist() == ["a"] * 4
 
 
+def test_slide_proportion_pools_the_scores_of_all_tiles():
+    from tumormap.proportion import slide_proportion
+
+    tiles = pd.DataFrame({"positive_score": [3.0, 0.0, 1.0], "negative_score": [1.0, 4.0, 1.0]})
+    assert slide_proportion(tiles, PAPER_EDGES) == {"slide_proportion": 4 / 10, "slide_interval": "25–50 %"}
+    assert slide_proportion(tiles.iloc[1:2], PAPER_EDGES)["slide_interval"] == "0–1 %"
+
+
 def test_ablation_table_ranks_models_by_mf1():
     metrics = {"wf": {"intervals": ["a", "b"], "truth_mF1": 0.9, "truth_mRecall": 0.9, "truth_mPrecision": 0.9,
                       "truth_mae": 0.05, "truth_recall": [1.0, 0.8], "truth_n_bags": 9},

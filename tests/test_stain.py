@@ -135,6 +135,24 @@ def test_normalising_to_own_stain_is_identity(real):
     assert 0.97 < np.mean(out[..., 3:] <= 1.0) < 0.995  # scaled by the 99th percentile: ~1 % above 1
 
 
+def test_six_channel_input_carries_the_stain_concentrations():
+    """rgb+hed: an image made from known H, E and residual concentrations gives them back in
+    layers 4-6 (on the source's H, E, H scales), beside its RGB."""
+    stain = st.reference_stain()
+    rng = np.random.default_rng(0)
+    conc = np.stack([rng.uniform(0, 1.2, (16, 16)), rng.uniform(0, 0.8, (16, 16)), rng.uniform(0, 0.1, (16, 16))], -1)
+    od = conc @ st.stain_matrix(stain).T
+    rgb = np.clip(np.round(st.od_to_rgb(od, 255.0)), 0, 255).astype(np.uint8)
+    out = st.normalise_numpy(rgb, stain, stain, channels="rgb+hed")
+    assert out.shape == (16, 16, 6) and np.abs(out[..., :3] * 255 - rgb).max() < 1e-3
+    h_max, e_max = stain["max_concentration"]
+    expected = conc / np.array([h_max, e_max, h_max])
+    bright = rgb.min(-1) > 5  # uint8 rounding: darker pixels lose precision
+    assert np.abs(out[..., 3:][bright] - expected[bright]).max() < 0.05 / min(h_max, e_max)
+    assert np.corrcoef(out[..., 3].ravel(), conc[..., 0].ravel())[0, 1] > 0.99
+    assert np.corrcoef(out[..., 4].ravel(), conc[..., 1].ravel())[0, 1] > 0.99
+
+
 def test_matches_histomicstk_deconvolution_based_normalization(real):
     """HistomicsTK does not rescale intensities: compare with equal source and target max concentrations."""
     from histomicstk.preprocessing.color_normalization import deconvolution_based_normalization
@@ -176,7 +194,7 @@ def test_torch_transform_matches_numpy(real):
     src, tgt = real["src"][:128, :128], real["tgt"][:128, :128]
     sources = [real["S"], real["T"]]
     matrices, maxima = st.stack_stains(sources)
-    for channels in ("rgb", "rgb+he"):
+    for channels in ("rgb", "rgb+he", "rgb+hed"):
         for target in (st.reference_stain(), real["T"]):
             expected = np.stack([st.normalise_numpy(im, s, target, channels) for im, s in zip((src, tgt), sources)])
             module = StainTransform(target, channels=channels)

@@ -211,6 +211,10 @@ def test_llp_bags_labels_nuclei_and_interval_metrics(demo_run):
     predictions = pd.read_parquet(workdir / f"results/predictions/llp/{HE_ONLY}.parquet")
     assert predictions["predicted_ratio"].between(0, 1).all() and (predictions["n_he_nuclei"] > 0).mean() > 0.8
     assert (workdir / f"results/maps/llp/{HE_ONLY}.cells.png").stat().st_size > 10_000
+    summary = pd.read_csv(workdir / "results/maps/llp/summary.csv").set_index("sample")
+    pooled = predictions["positive_score"].sum() / (predictions[["positive_score", "negative_score"]].sum().sum())
+    assert np.isclose(summary.at[HE_ONLY, "slide_proportion"], pooled, rtol=1e-4)
+    assert summary.at[HE_ONLY, "slide_interval"] in card["intervals"]
 
 
 @pytest.mark.slow

@@ -250,6 +250,14 @@ def bag_table(predictions: pd.DataFrame, ground_truth: pd.DataFrame, card: dict,
     return out[columns]
 
 
+def slide_proportion(predictions: pd.DataFrame, edges) -> dict:
+    """A whole slide as one bag: r̂ = Σ s_p / Σ (s_p + s_n) over its tiles, and its interval."""
+    s_p, s_n = float(predictions["positive_score"].sum()), float(predictions["negative_score"].sum())
+    r_hat = s_p / (s_p + s_n) if s_p + s_n > 0 else float("nan")
+    k = int(interval_index(r_hat, edges)[0])
+    return {"slide_proportion": r_hat, "slide_interval": interval_names(edges)[k] if k >= 0 else ""}
+
+
 def proportion_metrics(bags: pd.DataFrame, edges) -> dict:
     """Interval metrics (:func:`interval_metrics`) and MAE of the bag estimates against the IHC
     ratio, and against the drawn truth where the bags have one (keys prefixed ``truth_``)."""

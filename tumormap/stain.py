@@ -26,7 +26,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-CHANNELS = ("rgb", "rgb+he")
+CHANNELS = ("rgb", "rgb+he", "rgb+hed")
+N_CHANNELS = {"rgb": 3, "rgb+he": 5, "rgb+hed": 6}
 # Macenko et al. 2009 reference H and E 99th-percentile concentrations (natural-log OD), as in the
 # reference implementation (github schaugf/HEnorm_python, maxCRef) and TIAToolbox.
 REFERENCE_MAX_CONCENTRATION = (1.9705, 1.0308)
@@ -210,9 +211,11 @@ def _check_channels(channels: str) -> None:
 def normalise_numpy(rgb: np.ndarray, source: dict, target: dict, channels: str = "rgb") -> np.ndarray:
     """Macenko-normalise one H x W x 3 uint8 image from ``source`` stain to ``target`` stain.
 
-    Returns float32 H x W x C: C = 3 (``"rgb"``, intensities / 255 in [0, 1]) or C = 5
+    Returns float32 H x W x C: C = 3 (``"rgb"``, intensities / 255 in [0, 1]), C = 5
     (``"rgb+he"``: plus the H and E concentrations divided by the source max concentration,
-    i.e. normalised concentration / target max, about [0, 1]; unclipped).
+    i.e. normalised concentration / target max, about [0, 1]; unclipped) or C = 6 (``"rgb+hed"``:
+    plus the third, residual stain's concentration on the hematoxylin scale: the six input
+    layers of seed 002, RGB beside the separated stains).
     """
     _check_channels(channels)
     rgb = np.asarray(rgb)
@@ -225,8 +228,9 @@ def normalise_numpy(rgb: np.ndarray, source: dict, target: dict, channels: str =
     out_rgb = od_to_rgb((conc * scale) @ w_t.T, target.get("I_0", 255.0)) / 255.0
     if channels == "rgb":
         return out_rgb.astype(np.float32)
-    he = conc[..., :2] / np.asarray(source["max_concentration"], float)
-    return np.concatenate([out_rgb, he], axis=-1).astype(np.float32)
+    n = N_CHANNELS[channels] - 3
+    scale_c = np.asarray([*source["max_concentration"], source["max_concentration"][0]], float)[:n]
+    return np.concatenate([out_rgb, conc[..., :n] / scale_c], axis=-1).astype(np.float32)
 
 
 def stack_stains(stains: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -328,15 +332,16 @@ def _stain_transform_class():
 
         ``forward(x, source_matrix, source_max)``: ``x`` is N x 3 x H x W (NCHW), uint8 or float
         holding 0..255 intensities; ``source_matrix`` N x 3 x 3 and ``source_max`` N x 2 (tensors or
-        arrays, e.g. from :func:`stack_stains`). Returns float32 N x C x H x W, C = 3 (RGB in [0, 1])
-        or 5 (``"rgb+he"``: plus H and E concentration / source max).
+        arrays, e.g. from :func:`stack_stains`). Returns float32 N x C x H x W, C = 3 (RGB in [0, 1]),
+        5 (``"rgb+he"``: plus H and E concentration / source max) or 6 (``"rgb+hed"``: plus the
+        residual stain on the hematoxylin scale).
         """
 
         def __init__(self, target: dict, channels: str = "rgb", source_I_0: float = 255.0):
             super().__init__()
             _check_channels(channels)
             self.channels = channels
-            self.out_channels = 3 if channels == "rgb" else 5
+            self.out_channels = N_CHANNELS[channels]
             self.source_I_0 = float(source_I_0)
             self.target_I_0 = float(target.get("I_0", 255.0))
             self.register_buffer("target_matrix", torch.as_tensor(stain_matrix(target), dtype=torch.float32))
@@ -364,8 +369,10 @@ def _stain_transform_class():
             rgb = ((self.target_I_0 + 1.0) * torch.exp(-out_od) - 1.0).clamp(0.0, 255.0) / 255.0
             if self.channels == "rgb":
                 return rgb.reshape(n, 3, h, w)
-            he = torch.bmm((inv[:, :2, :] / c_s[:, :, None]).float(), od)
-            return torch.cat([rgb, he], dim=1).reshape(n, 5, h, w)
+            k = self.out_channels - 3
+            c_all = torch.cat([c_s, c_s[:, :1]], dim=1)[:, :k]  # the residual on the hematoxylin scale
+            stains = torch.bmm((inv[:, :k, :] / c_all[:, :, None]).float(), od)
+            return torch.cat([rgb, stains], dim=1).reshape(n, self.out_channels, h, w)
 
     StainTransform.__module__ = __name__
     return StainTransform

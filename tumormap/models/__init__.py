@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-_NOT_KINDS = {"base", "backbones"}
+_NOT_KINDS = {"base", "backbones", "losses"}
 _REGISTRY: dict[str, type] = {}
 # Options that say how to run, not what is learned: not part of the model's identity, so
 # changing them neither retrains (Snakemake params) nor invalidates a checkpoint.

@@ -16,13 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..stain import N_CHANNELS
+
 # Options every tile model shares; a kind adds its own in DEFAULTS.
 COMMON_DEFAULTS: dict[str, Any] = {
     "epochs": 8, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "input_px": None, "channels": "rgb",
     "seed": 0, "pretrained_weights": None, "workers": 2, "device": "auto",
     "stain_normalise": True,  # Macenko per slide to stain.target; false: tiles as scanned
 }
-CHANNELS = {"rgb": 3, "rgb+he": 5}
+CHANNELS = N_CHANNELS  # network input channels per `channels` option: rgb 3, rgb+he 5, rgb+hed 6
 
 
 @dataclass
