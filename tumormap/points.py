@@ -81,7 +81,8 @@ def read_points(path: str | Path) -> pd.DataFrame:
         table.columns = [str(c).strip().lower() for c in table.columns]
         missing = [c for c in ("x", "y") if c not in table]
         if missing:
-            raise PointFileError(f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(table.columns)})")
+            raise PointFileError(f"{path}: missing column(s) {', '.join(missing)} "
+                                 f"(columns: {', '.join(table.columns)})")
         xy = table[["x", "y"]].apply(pd.to_numeric, errors="coerce")
         bad = xy.isna().any(axis=1) | ~np.isfinite(xy.to_numpy(float)).all(axis=1)
         if bad.any():
@@ -93,7 +94,8 @@ def read_points(path: str | Path) -> pd.DataFrame:
 
 def points_geojson(points: pd.DataFrame, object_type: str = "annotation") -> dict:
     """A QuPath-importable FeatureCollection: one Point feature per row, classified by ``class``."""
-    features = [{"type": "Feature", "id": f"point-{i}", "geometry": {"type": "Point", "coordinates": [float(r.x), float(r.y)]},
+    features = [{"type": "Feature", "id": f"point-{i}",
+                 "geometry": {"type": "Point", "coordinates": [float(r.x), float(r.y)]},
                  "properties": {"objectType": object_type, **({"classification": {"name": r[2]}} if r[2] else {})}}
                 for i, r in enumerate(points[POINT_COLUMNS].itertuples(index=False))]
     return {"type": "FeatureCollection", "features": features}
@@ -176,7 +178,7 @@ def negative_feed(predicted, labels, correct_fraction: float, seed: int = 0) -> 
     ``predicted``/``labels``: class per example."""
     p, y = np.asarray(predicted), np.asarray(labels)
     if p.shape != y.shape:
-        raise ValueError(f"negative_feed: {p.shape[0] if p.ndim else 0} predictions for {y.shape[0] if y.ndim else 0} labels")
+        raise ValueError(f"negative_feed: predictions of shape {p.shape} for labels of shape {y.shape}")
     wrong = np.flatnonzero(p != y)
     right = np.flatnonzero(p == y)
     if not 0 <= correct_fraction <= 1:

@@ -57,8 +57,8 @@ class ProportionNet(nn.Module):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
         self.layer2 = net.layer2
         self.lateral = nn.Conv2d(128, 64, kernel_size=1)
-        self.head = nn.Sequential(nn.Conv2d(64, 64, kernel_size=3, padding=1), nn.GroupNorm(16, 64), nn.ReLU(inplace=True),
-                                  nn.Conv2d(64, 2, kernel_size=1))
+        self.head = nn.Sequential(nn.Conv2d(64, 64, kernel_size=3, padding=1), nn.GroupNorm(16, 64),
+                                  nn.ReLU(inplace=True), nn.Conv2d(64, 2, kernel_size=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fine = self.stem(x)
@@ -190,7 +190,8 @@ class LearningFromProportions(ModelKind):
                     continue
                 k = int(interval_index(ratio, self.edges)[0])
             out.append({"bag": str(bag_id), "sample": str(g["sample"].iloc[0]), "rows": g.to_dict("records"),
-                        "interval": k, "ratio": ratio, "target": float(self.targets[k]), "gamma": float(self.gammas[k])})
+                        "interval": k, "ratio": ratio, "target": float(self.targets[k]),
+                        "gamma": float(self.gammas[k])})
         names = interval_names(self.edges)
         counts = pd.Series([names[b["interval"]] for b in out], dtype=object).value_counts()
         log.info("%d bags (%s) from %d tiles: %s", len(out), o["bag"], len(part),
