@@ -54,8 +54,8 @@ LLP_MODELS = [m for m, e in config["train"]["models"].items() if e.get("kind") =
 
 # The split is a pure function of the sheet (patients) and split.seed, known before any job:
 # so the dataset and the trainers depend on train/val samples only, and evaluation on test.
-SAMPLES_LABELLED = [s for s in SAMPLES_HE_ONLY if isinstance(samples.at[s, "label"], str)
-                    or isinstance(samples.at[s, "ki67_interval"], str)]
+SAMPLES_LABELLED = [s for s in SAMPLES_HE_ONLY if any(isinstance(samples.at[s, c], str)
+                                                      for c in ("label", "ki67_interval", "ki67_regions"))]
 SAMPLES_SPLIT = SAMPLES_PAIRED + SAMPLES_LABELLED
 _split_table = pd.DataFrame({"sample": SAMPLES_SPLIT,
                              "patient": [samples.at[s, "patient"] for s in SAMPLES_SPLIT],

@@ -22,6 +22,7 @@ rule dataset:
     input:
         tiles=[tile_table(s) for s in TRAIN_VAL],
         ground_truth=expand(rules.ground_truth.output.table, sample=TRAIN_VAL_PAIRED),
+        regions=[samples.at[s, "ki67_regions"] for s in TRAIN_VAL if isinstance(samples.at[s, "ki67_regions"], str)],
     output:
         table="results/dataset.parquet",
     params:
@@ -31,6 +32,7 @@ rule dataset:
         labels={s: samples.at[s, "label"] for s in TRAIN_VAL if isinstance(samples.at[s, "label"], str)},
         purity={s: float(samples.at[s, "purity"]) for s in TRAIN_VAL if pd.notna(samples.at[s, "purity"])},
         intervals={s: samples.at[s, "ki67_interval"] for s in TRAIN_VAL if isinstance(samples.at[s, "ki67_interval"], str)},
+        region_samples=[s for s in TRAIN_VAL if isinstance(samples.at[s, "ki67_regions"], str)],
     log:
         "logs/dataset.log",
     benchmark:

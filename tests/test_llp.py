@@ -100,6 +100,47 @@ def test_ablation_table_ranks_models_by_mf1():
     assert table["truth"].iloc[0] == "drawn regions" and table["mask"].tolist() == ["nuclei", "nuclei"]
 
 
+def _regions_file(path, label_b="0-1%"):
+    square = [[[0, 0], [1000, 0], [1000, 1000], [0, 1000], [0, 0]]]
+    ring = [[[2000, 0], [4000, 0], [4000, 2000], [2000, 2000], [2000, 0]],
+            [[2500, 500], [3500, 500], [3500, 1500], [2500, 1500], [2500, 500]]]   # with a hole
+    features = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square},
+                 "properties": {"classification": {"name": "25–50 %"}}},
+                {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [ring]},
+                 "properties": {"classification": {"name": label_b}}},
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [5, 5]}, "properties": {}}]
+    path.write_text(__import__("json").dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def test_annotated_regions_label_the_tiles_inside_them(tmp_path):
+    from tumormap.dataset import build_dataset
+    from tumormap.proportion import read_interval_regions, region_of_tiles
+
+    path = _regions_file(tmp_path / "regions.geojson")
+    regions = read_interval_regions(path, PAPER_EDGES)
+    assert [(r["text"], r["interval"]) for r in regions] == [("25–50 %", 2), ("0-1%", 0)]
+    # tile centres: in the square, in the ring, in the ring's hole, outside everything
+    tiles = pd.DataFrame({"sample": "s", "tile_id": [0, 1, 2, 3], "he_x": [100, 2100, 2900, 5000],
+                          "he_y": [100, 100, 900, 100], "he_extent": [200] * 4, "he_mpp": 0.25,
+                          "tissue_keep": True, "keep": True})
+    assert region_of_tiles(tiles, regions).tolist() == [0, 1, -1, -1]
+    with pytest.raises(ValueError, match=r"regions\.geojson, feature 1: ki67_interval '2-30 %' is none"):
+        read_interval_regions(_regions_file(tmp_path / "regions.geojson", "2-30 %"), PAPER_EDGES, "row 3")
+    _regions_file(tmp_path / "regions.geojson")
+    tiles.to_parquet(tmp_path / "tiles.parquet")
+    table = build_dataset({"s": str(tmp_path / "tiles.parquet")}, {}, {"s": "train"}, regions={"s": str(path)})
+    assert table["region_id"].tolist()[:2] == ["s:r0", "s:r1"] and table["region_id"].isna().tolist()[2:] == [True] * 2
+    assert table["region_interval"].tolist()[:2] == ["25–50 %", "0-1%"] and table["region_interval"].isna().sum() == 2
+    torch = pytest.importorskip("torch")  # noqa: F841 - the kind imports it
+    from tumormap.models.llp import LearningFromProportions
+
+    kind = LearningFromProportions({"labels": "regions", "min_bag_tiles": 1, "mask": "none"}, "t")
+    bags = kind.bags(kind.training_rows(table), None)
+    assert [(b["bag"], b["interval"], b["target"], b["gamma"]) for b in bags] == [("s:r0", 2, 0.375, 2.0),
+                                                                                 ("s:r1", 0, 0.005, 0.0)]
+
+
 # ---------------------------------------------------------------------------- torch
 torch = pytest.importorskip("torch")
 

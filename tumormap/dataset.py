@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .logs import get_logger
+from .proportion import read_interval_regions, region_of_tiles
 
 log = get_logger("dataset")
 
@@ -14,14 +15,15 @@ GT_COLUMNS = ["tumor_ratio", "n_nuclei", "nuclear_area_px", "positive_area_px"]
 
 def build_dataset(tile_tables: dict[str, str], ground_truth_tables: dict[str, str], split: dict[str, str], *,
                   labels: dict[str, str] | None = None, purity: dict[str, float] | None = None,
-                  intervals: dict[str, str] | None = None) -> pd.DataFrame:
+                  intervals: dict[str, str] | None = None, regions: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per tissue tile of each sample in ``tile_tables`` (sample → SSIM table for a
     pair, tissue table for an H&E alone).
 
     ``keep`` is the SSIM filter for pairs and the tissue filter for an H&E alone; the
     ground-truth columns are NaN where a tile has no IHC ratio (unpaired, not kept, no
     nuclei). ``label``, ``purity`` and ``ki67_interval`` are the sheet's slide-level values (None/NaN
-    if absent).
+    if absent). ``regions`` (sample → ``ki67_regions`` GeoJSON): each tile whose centre lies in an
+    annotated region gets ``region_id`` ('sample:r<k>') and the region's ``region_interval`` text.
     """
     labels, purity, intervals = labels or {}, purity or {}, intervals or {}
     parts = []
@@ -44,11 +46,21 @@ def build_dataset(tile_tables: dict[str, str], ground_truth_tables: dict[str, st
         tiles["label"] = labels.get(sample)
         tiles["purity"] = purity.get(sample, np.nan)
         tiles["ki67_interval"] = intervals.get(sample)
+        tiles["region_id"], tiles["region_interval"] = None, None
+        if sample in (regions or {}) and len(tiles):
+            annotated = read_interval_regions(regions[sample], None, f"sample {sample}")
+            which = region_of_tiles(tiles, annotated)
+            tiles["region_id"] = [f"{sample}:r{k}" if k >= 0 else None for k in which]
+            tiles["region_interval"] = [annotated[k]["text"] if k >= 0 else None for k in which]
+            log.info("%s: %d of %d tissue tiles in %d annotated regions", sample, int((which >= 0).sum()), len(tiles),
+                     len(annotated))
         parts.append(tiles)
-    columns = ["sample", "tile_id", "keep", *GT_COLUMNS, "split", "label", "purity", "ki67_interval"]
+    columns = ["sample", "tile_id", "keep", *GT_COLUMNS, "split", "label", "purity", "ki67_interval",
+               "region_id", "region_interval"]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     table["label"] = table["label"].astype(object)
-    table["ki67_interval"] = table["ki67_interval"].astype(object)
+    for col in ("ki67_interval", "region_id", "region_interval"):
+        table[col] = table[col].astype(object)
     left_out = sorted(s for s in tile_tables if not (table["sample"] == s).any())
     if left_out:
         log.warning("%d samples contribute no tile (see results/qc/samples.tsv): %s", len(left_out),

@@ -19,8 +19,9 @@ PAPER_EDGES = (0.0, 0.01, 0.25, 0.5, 0.75, 1.0)  # '0–1 %', '1–25 %', '25–
 LOSSES = ("proportion", "focal", "weighted_focal")
 MASKS = ("nuclei", "none")
 BAGS = ("region", "slide")
-LABEL_SOURCES = ("ihc", "sheet")
+LABEL_SOURCES = ("ihc", "sheet", "regions")
 SHEET_COLUMN = "ki67_interval"
+REGIONS_COLUMN = "ki67_regions"  # a QuPath GeoJSON of polygons, each classified by its interval
 DEFAULT_OPTIONS = {"loss": "weighted_focal", "mask": "nuclei", "edges": list(PAPER_EDGES), "bag": "region",
                    "labels": "ihc"}
 
@@ -89,13 +90,75 @@ def parse_interval(text, edges, where: str) -> int:
 
 
 def check_sheet_intervals(sheet: pd.DataFrame, edges, sheet_name: str) -> None:
-    """Every non-empty ``ki67_interval`` of the sheet parses (errors name the sheet, the row as
-    :func:`tumormap.samples.read_sample_sheet` counts them, header = row 1, and the sample)."""
-    if SHEET_COLUMN not in sheet:
-        return
-    for i, (sample, text) in enumerate(zip(sheet["sample"], sheet[SHEET_COLUMN]), start=2):
+    """Every non-empty ``ki67_interval`` of the sheet parses, and so does every region of its
+    ``ki67_regions`` files (errors name the sheet, the row as :func:`tumormap.samples.read_sample_sheet`
+    counts them, header = row 1, the sample, and for a region the file and feature)."""
+    for i, row in enumerate(sheet.to_dict("records"), start=2):
+        where = f"{sheet_name}, row {i} (sample '{row['sample']}')"
+        text = row.get(SHEET_COLUMN)
         if isinstance(text, str) and text.strip():
-            parse_interval(text, edges, f"{sheet_name}, row {i} (sample '{sample}')")
+            parse_interval(text, edges, where)
+        path = row.get(REGIONS_COLUMN)
+        if isinstance(path, str) and path.strip():
+            read_interval_regions(path, edges, where)
+
+
+def read_interval_regions(path, edges, where: str = "") -> list[dict]:
+    """Annotated regions of a QuPath GeoJSON export: Polygon and MultiPolygon features (H&E level-0
+    px) classified by their interval ('1–25 %', …). Returns per feature its ``rings`` (exterior
+    first, then holes, per polygon), the label ``text`` and ``interval`` index. A file that is not
+    such a GeoJSON, or a region whose class is no configured interval, is refused by name.
+    ``edges`` None: the texts are kept unparsed (``interval`` -1; the model parses them)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    prefix = f"{where}: " if where else ""
+    if not path.is_file():
+        raise ValueError(f"{prefix}{REGIONS_COLUMN} file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{prefix}{path}: not valid JSON ({exc})") from None
+    features = data.get("features") if isinstance(data, dict) and data.get("type") == "FeatureCollection" else         [data] if isinstance(data, dict) and data.get("type") == "Feature" else data
+    if not isinstance(features, list):
+        raise ValueError(f"{prefix}{path}: expected a GeoJSON FeatureCollection, Feature or list of Features")
+    regions = []
+    for i, f in enumerate(features):
+        geometry = (f or {}).get("geometry") or {} if isinstance(f, dict) else {}
+        if geometry.get("type") not in ("Polygon", "MultiPolygon"):
+            continue
+        cls = (f.get("properties") or {}).get("classification")
+        text = cls.get("name", "") if isinstance(cls, dict) else (cls or "")
+        k = parse_interval(text, edges, f"{prefix}{path}, feature {i}") if edges is not None else -1
+        polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+        try:
+            rings = [[np.asarray(ring, float)[:, :2] for ring in polygon] for polygon in polygons]
+        except (TypeError, ValueError, IndexError):
+            raise ValueError(f"{prefix}{path}, feature {i}: coordinates are not [[x, y], …] rings") from None
+        regions.append({"text": str(text), "interval": k, "rings": rings})
+    if not regions:
+        raise ValueError(f"{prefix}{path}: no Polygon or MultiPolygon region among {len(features)} features")
+    return regions
+
+
+def region_of_tiles(tiles: pd.DataFrame, regions: list[dict]) -> np.ndarray:
+    """Per tile (``he_x, he_y, he_extent``), the index of the first region holding its centre (inside
+    an exterior ring and outside its holes), -1 for none."""
+    from matplotlib.path import Path as Polygon
+
+    centres = np.column_stack([tiles["he_x"].to_numpy(float) + tiles["he_extent"].to_numpy(float) / 2,
+                               tiles["he_y"].to_numpy(float) + tiles["he_extent"].to_numpy(float) / 2])
+    out = np.full(len(tiles), -1, int)
+    for r, region in enumerate(regions):
+        inside = np.zeros(len(tiles), bool)
+        for exterior, *holes in region["rings"]:
+            part = Polygon(exterior).contains_points(centres)
+            for hole in holes:
+                part &= ~Polygon(hole).contains_points(centres)
+            inside |= part
+        out[(out < 0) & inside] = r
+    return out
 
 
 def interval_gammas(edges, loss: str, gamma: float = 2.0) -> np.ndarray:
@@ -122,6 +185,9 @@ def check_options(options: dict, where: str) -> None:
             raise ValueError(f"{where}.{key}: {o[key]!r} is not one of {', '.join(allowed)}")
     if o["labels"] == "sheet" and o["bag"] != "slide":
         raise ValueError(f"{where}: labels from the sheet ({SHEET_COLUMN}) label whole slides: set bag: slide")
+    if o["labels"] == "regions" and o["bag"] != "region":
+        raise ValueError(f"{where}: labels: regions makes the annotated regions ({REGIONS_COLUMN}) the bags: "
+                         f"set bag: region (the default)")
 
 
 def uses_nuclei(entry: dict) -> bool:

@@ -9,7 +9,7 @@ import pandas as pd
 
 REQUIRED = ("sample", "he")
 OPTIONAL = ("ihc", "patient", "label", "purity", "mpp", "offset_x", "offset_y", "he_md5", "ihc_md5", "split",
-            "ki67_interval")
+            "ki67_interval", "ki67_regions")
 SPLITS = ("train", "val", "test")
 NUMERIC = {"purity": (0.0, 1.0), "mpp": (1e-3, 100.0), "offset_x": (None, None), "offset_y": (None, None)}
 
@@ -67,7 +67,7 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
         raise SampleSheetError(f"{path}: duplicate sample name(s): {', '.join(dupes)}")
     for col in NUMERIC:
         df[col] = pd.to_numeric(df[col].replace("", None))
-    for col in ("ihc", "patient", "label", "he_md5", "ihc_md5", "split", "ki67_interval"):
+    for col in ("ihc", "patient", "label", "he_md5", "ihc_md5", "split", "ki67_interval", "ki67_regions"):
         df[col] = df[col].replace("", None)
     df["patient"] = df["patient"].fillna(df["sample"])
     return df.set_index("sample", drop=False)

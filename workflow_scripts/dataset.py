@@ -8,4 +8,5 @@ p = snakemake.params
 write_parquet(build_dataset(dict(zip(p.samples, snakemake.input.tiles)),
                             dict(zip(p.paired, snakemake.input.ground_truth)), dict(p.split),
                             labels=dict(p.labels), purity=dict(p.purity),
-                            intervals=dict(p.intervals)), snakemake.output.table)
+                            intervals=dict(p.intervals),
+                            regions=dict(zip(p.region_samples, snakemake.input.regions))), snakemake.output.table)

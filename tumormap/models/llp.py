@@ -165,25 +165,27 @@ class LearningFromProportions(ModelKind):
 
     def training_rows(self, table: pd.DataFrame) -> pd.DataFrame:
         """IHC labels: the SSIM-kept tiles with a ratio; sheet labels: every tissue tile of the
-        slides with a ``ki67_interval``."""
-        if self.options["labels"] == "sheet":
-            has = table["ki67_interval"].notna() if "ki67_interval" in table else pd.Series(False, index=table.index)
-            return table[has]
+        slides with a ``ki67_interval``; region labels: every tissue tile in an annotated region."""
+        column = {"sheet": "ki67_interval", "regions": "region_id"}.get(self.options["labels"])
+        if column is not None:
+            return table[table[column].notna()] if column in table else table.iloc[:0]
         return super().training_rows(table)
 
     def bags(self, part: pd.DataFrame, masks: NucleusMasks | None) -> list[dict]:
         """The labelled bags of a table part: tiles, interval, target and γ (logged)."""
         o = self.options
-        ids = bag_ids(part, o["bag"], float(o["region_um"]), part["he_mpp"])
+        ids = part["region_id"].to_numpy(object) if o["labels"] == "regions" else \
+            bag_ids(part, o["bag"], float(o["region_um"]), part["he_mpp"])
         out = []
         for bag_id, g in part.groupby(ids, sort=True):
             if masks is not None:
                 g = g[[masks.n_nuclei(r) > 0 for r in g.to_dict("records")]]
             if len(g) < int(o["min_bag_tiles"]):
                 continue
-            if o["labels"] == "sheet":
+            if o["labels"] in ("sheet", "regions"):
                 ratio = float("nan")
-                k = parse_interval(g["ki67_interval"].iloc[0], self.edges, f"sample {g['sample'].iloc[0]}")
+                column = "ki67_interval" if o["labels"] == "sheet" else "region_interval"
+                k = parse_interval(g[column].iloc[0], self.edges, f"sample {g['sample'].iloc[0]}, bag {bag_id}")
             else:
                 ratio = ihc_bag_ratio(g)
                 if not np.isfinite(ratio):
@@ -224,8 +226,9 @@ class LearningFromProportions(ModelKind):
 
         train = loader(ctx.split("train"), True)
         if train is None:
+            what = {"ihc": "an IHC ratio", "sheet": "a ki67_interval", "regions": "an annotated region"}[o["labels"]]
             raise ValueError(f"model {ctx.name}: no labelled training bag (need ≥ {o['min_bag_tiles']} tiles with "
-                             f"{'an IHC ratio' if o['labels'] == 'ihc' else 'a ki67_interval'} per bag)")
+                             f"{what} per bag)")
         return train, loader(ctx.split("val"), False)
 
     def on_epoch_start(self, epoch, model, ctx, train_loader) -> None:
