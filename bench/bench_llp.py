@@ -12,14 +12,13 @@ each model's training time. Goal: weighted focal + mask mF1 ≥ 0.8 and above pr
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from demo_cohort import run_workflow, shipped_model, write_cohort  # noqa: E402
 
 
 def main() -> int:
@@ -31,21 +30,10 @@ def main() -> int:
     ap.add_argument("--cores", default="all")
     args = ap.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = ["sample\the\tihc\tpatient\toffset_x\toffset_y"]
-    rows += [f"demo{i}\tresources/demo/demo{i}_he.tiff\tresources/demo/demo{i}_ihc.tiff\tP{i}\t12\t-8"
-             for i in range(1, args.pairs + 1)]
-    (out / "samples.tsv").write_text("\n".join(rows) + "\n")
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["samples"] = "samples.tsv"
-    base = dict(cfg["train"]["models"]["llp"], epochs=args.epochs, steps_per_bag=args.steps_per_bag)
-    cfg["train"]["models"] = {"llp": base,
-                              "llp_proportion": dict(base, loss="proportion"),
-                              "llp_focal": dict(base, loss="focal"),
-                              "llp_nomask": dict(base, mask="none")}
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    subprocess.run([str(Path(sys.executable).parent / "snakemake"), "all", "-s", str(REPO / "Snakefile"), "-d",
-                    str(out), "--cores", args.cores, "--resources", "gpu=1"], check=True)
+    base = dict(shipped_model("llp"), epochs=args.epochs, steps_per_bag=args.steps_per_bag)
+    write_cohort(out, args.pairs, {"llp": base, "llp_proportion": dict(base, loss="proportion"),
+                                   "llp_focal": dict(base, loss="focal"), "llp_nomask": dict(base, mask="none")})
+    run_workflow(out, args.cores)
     table = pd.read_csv(out / "results/evaluate/llp_ablation.csv")
     seconds = {m: pd.read_csv(out / f"benchmarks/train_model/{m}.tsv", sep="\t")["s"].iloc[0] for m in table["model"]}
     table["train_s"] = table["model"].map(seconds).round(0)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from demo_cohort import run_workflow, shipped_model, write_cohort  # noqa: E402
 
 
 def main() -> int:
@@ -29,17 +28,8 @@ def main() -> int:
     ap.add_argument("--cores", default="all")
     args = ap.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = ["sample\the\tihc\tpatient\toffset_x\toffset_y"]
-    rows += [f"demo{i}\tresources/demo/demo{i}_he.tiff\tresources/demo/demo{i}_ihc.tiff\tP{i}\t12\t-8"
-             for i in range(1, args.pairs + 1)]
-    (out / "samples.tsv").write_text("\n".join(rows) + "\n")
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["samples"] = "samples.tsv"
-    cfg["train"]["models"] = {"mil": dict(cfg["train"]["models"]["mil"], epochs=args.epochs)}
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
-    subprocess.run([str(Path(sys.executable).parent / "snakemake"), "all", "-s", str(REPO / "Snakefile"), "-d", str(out),
-                    "--cores", args.cores, "--resources", "gpu=1"], check=True)
+    write_cohort(out, args.pairs, {"mil": dict(shipped_model("mil"), epochs=args.epochs)})
+    run_workflow(out, args.cores)
     metrics = json.loads((out / "results/evaluate/mil/metrics.json").read_text())
     print(f"MIL test MAE {metrics['mae']:.3f} (goal ≤ 0.08), Pearson r {metrics['pearson_r']:.3f}, "
           f"{metrics['n']} tiles of {', '.join(metrics['test_samples'])}")
