@@ -89,7 +89,7 @@ rule llp_ablation:
             category="Evaluation",
         ),
     params:
-        options={m: config["train"]["models"][m] for m in LLP_MODELS},
+        options={m: model_options(m) for m in LLP_MODELS},  # learned options only: workers/device rerun nothing
     log:
         "logs/llp_ablation.log",
     benchmark:
