@@ -67,14 +67,15 @@ def tumor_detection_metrics(y_true_ratio, score, threshold: float) -> dict:
             "n_tumor_tiles": int(positive.sum()), "n_normal_tiles": int((~positive).sum())}
 
 
-def region_fraction(tiles: pd.DataFrame, regions: pd.DataFrame) -> np.ndarray:
-    """Per tile, the drawn tumor fraction of the synthetic region holding its centre (NaN outside
-    every region). ``tiles``: ``he_x, he_y, he_extent``; ``regions``: a demo truth table."""
+def region_fraction(tiles: pd.DataFrame, regions: pd.DataFrame, column: str = "tumor_fraction") -> np.ndarray:
+    """Per tile, the drawn tumor fraction (or another ``column``, e.g. ``true_ratio``) of the
+    synthetic region holding its centre (NaN outside every region). ``tiles``: ``he_x, he_y,
+    he_extent``; ``regions``: a demo truth table."""
     cx = (tiles["he_x"] + tiles["he_extent"] / 2).to_numpy(float)
     cy = (tiles["he_y"] + tiles["he_extent"] / 2).to_numpy(float)
     out = np.full(len(tiles), np.nan)
     for r in regions.itertuples():
-        out[(cx >= r.x0) & (cx < r.x1) & (cy >= r.y0) & (cy < r.y1)] = r.tumor_fraction
+        out[(cx >= r.x0) & (cx < r.x1) & (cy >= r.y0) & (cy < r.y1)] = getattr(r, column)
     return out
 
 

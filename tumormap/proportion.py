@@ -222,7 +222,7 @@ def bag_ids(tiles: pd.DataFrame, bag: str, region_um: float, mpp0: float | pd.Se
 
 def ihc_bag_ratio(tiles: pd.DataFrame) -> float:
     """A bag's IHC ratio: positive nuclear area / nuclear area summed over its tiles with a ratio
-    (the tile formula dab_over_all pooled over the bag; NaN without nuclei)."""
+    (the tile formula dab_over_all pooled over the bag; NaN without nuclei). MIL bags too."""
     ok = np.isfinite(tiles["tumor_ratio"].astype(float))
     nuclear = float(tiles.loc[ok, "nuclear_area_px"].sum())
     return float(tiles.loc[ok, "positive_area_px"].sum()) / nuclear if nuclear > 0 else math.nan
@@ -270,21 +270,14 @@ def interval_metrics(true_idx, pred_idx, n_intervals: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- evaluation
-def _truth_per_tile(tiles: pd.DataFrame, regions: pd.DataFrame, column: str) -> np.ndarray:
-    cx = (tiles["he_x"] + tiles["he_extent"] / 2).to_numpy(float)
-    cy = (tiles["he_y"] + tiles["he_extent"] / 2).to_numpy(float)
-    out = np.full(len(tiles), np.nan)
-    for r in regions.itertuples():
-        out[(cx >= r.x0) & (cx < r.x1) & (cy >= r.y0) & (cy < r.y1)] = getattr(r, column)
-    return out
-
-
 def bag_table(predictions: pd.DataFrame, ground_truth: pd.DataFrame, card: dict,
               regions: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """One row per test bag as the model's card defines bags (``bag``, ``region_um``): the
     estimate r̂ = Σ s_p / Σ (s_p + s_n) over the bag's tiles with an IHC ratio (the tiles a
     training bag holds), the bag's IHC ratio, and for demo slides (``regions``: sample → truth
     table) the drawn region's true ratio; with the intervals of each."""
+    from .evaluate import region_fraction
+
     o = card["options"]
     edges = check_edges(o["edges"])
     merged = predictions.merge(ground_truth[["sample", "tile_id", "tumor_ratio", "nuclear_area_px",
@@ -299,7 +292,7 @@ def bag_table(predictions: pd.DataFrame, ground_truth: pd.DataFrame, card: dict,
     truth = np.full(len(merged), np.nan)
     for sample, table in (regions or {}).items():
         sel = (merged["sample"] == sample).to_numpy()
-        truth[sel] = _truth_per_tile(merged[sel], table, "true_ratio")
+        truth[sel] = region_fraction(merged[sel], table, "true_ratio")
     merged["true_ratio"] = truth
     rows = []
     for bag, g in merged.groupby("bag", sort=True):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..logs import get_logger
+from ..proportion import ihc_bag_ratio
 from ..slides import TileReader
 from . import register_kind
 from .base import ModelKind, Step
@@ -36,11 +37,10 @@ def nearest_tiles(rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
 
 
 def bag_label(tiles: pd.DataFrame) -> float:
-    """Area-weighted ratio of a bag: Σ DAB-positive nuclear area / Σ nuclear area."""
-    area = tiles["nuclear_area_px"].to_numpy(float)
-    if area.sum() > 0:
-        return float(tiles["positive_area_px"].to_numpy(float).sum() / area.sum())
-    return float(np.nanmean(tiles["tumor_ratio"]))
+    """Area-weighted ratio of a bag: Σ DAB-positive nuclear area / Σ nuclear area (the mean tile
+    ratio when no tile has nuclear area)."""
+    ratio = ihc_bag_ratio(tiles)
+    return ratio if np.isfinite(ratio) else float(np.nanmean(tiles["tumor_ratio"]))
 
 
 class BagDataset(Dataset):
